@@ -1,0 +1,16 @@
+//! hearth-core: the types that cross crate boundaries.
+//!
+//! Everything here is plain data or a trait: no async runtime, no transport, no accelerator. The
+//! engine speaks token ids; a step is a flattened variable-length batch ([`StepPlan`]); a backend
+//! ([`Backend`]) runs steps and owns device weights and device KV storage, while KV bookkeeping
+//! (which block holds which tokens) lives outside the backend. Design after vLLM v1 and
+//! text-embeddings-inference's `backends/core` (see `shared/STYLE.md`).
+
+mod backend;
+mod step;
+
+pub use backend::{Backend, BackendCaps, BackendError, KvLayout, WarmupReport};
+pub use step::{LogitsWanted, PlanError, SeqStep, StepOutput, StepPlan};
+
+/// A token id in the model's vocabulary.
+pub type TokenId = u32;
