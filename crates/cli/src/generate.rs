@@ -29,6 +29,12 @@ pub struct GenerateArgs {
     /// Sample only among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
     /// Seed of the sampling RNG: same seed and prompt, same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -75,8 +81,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             caps.max_context
         );
     }
-    let mut sampler =
-        Sampler::new(SamplingParams { temperature: args.temperature, top_k: args.top_k, seed: args.seed })?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let mut sampler = Sampler::new(params, &prompt)?;
     eprintln!("loaded in {:.2}s; prompt: {} tokens", t_load.elapsed().as_secs_f64(), prompt.len());
 
     // One sequence owns blocks 0.. of the pool.
@@ -96,7 +109,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut generated = 0;
     let mut context = prompt.len();
     while generated < args.max_tokens {
-        let next = sampler.sample(logits.row(0));
+        let next = sampler.sample(logits.row(0)).token;
         generated += 1;
         if tok.is_eog(next) && !args.ignore_eos {
             break;

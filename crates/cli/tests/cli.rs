@@ -56,6 +56,15 @@ fn clear_errors_for_missing_model_and_long_prompt() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("exceeds the context"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = hearth()
+        .args(["generate", "--prompt", "hi", "--temperature", "1", "--top-p", "1.5", "--model-dir"])
+        .arg(model_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("top_p: must be in (0, 1]"), "{stderr}");
 }
 
 #[test]

@@ -5,4 +5,4 @@
 
 pub mod sampler;
 
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{Sampled, Sampler, SamplerError, SamplingParams};

@@ -1,35 +1,100 @@
 //! Token sampling from one row of logits.
 //!
-//! Greedy when `temperature == 0`; otherwise softmax at the temperature, optionally restricted to
-//! the `top_k` most likely tokens, drawn with a per-request RNG seeded from `seed`, so the same seed
-//! and prompt give the same tokens whatever else runs.
+//! Order of operations (vLLM's): repetition, presence and frequency penalties → temperature →
+//! top-k → top-p → min-p → draw. Greedy when `temperature == 0` (penalties still apply). Each
+//! request has its own RNG seeded from `seed`, so the same seed and prompt give the same tokens
+//! whatever else shares the batch. Logprobs are of the model's own distribution (before penalties
+//! and truncation), as vLLM reports them.
+
+use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
+    /// 0 for greedy.
     pub temperature: f32,
-    /// 0 means no limit.
+    /// Keep the k most likely tokens; 0 for no limit.
     pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`; in (0, 1].
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; in [0, 1].
+    pub min_p: f32,
+    /// Divides positive (multiplies negative) logits of tokens seen in prompt or output; 1 for none.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence from the logit of every token already generated.
+    pub frequency_penalty: f32,
     pub seed: u64,
+    /// Also return this many most likely alternatives with their logprobs.
+    pub top_logprobs: usize,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+            top_logprobs: 0,
+        }
     }
 }
 
+/// A parameter out of range; the name is the request field's.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SamplerError {
-    #[error("temperature must be a finite number >= 0, got {0}")]
-    Temperature(f32),
+#[error("{field}: {reason}")]
+pub struct SamplerError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let bad = |field, reason: String| Err(SamplerError { field, reason });
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad("temperature", format!("must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", format!("must be in [0, 1], got {}", self.min_p));
+        }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return bad("repetition_penalty", format!("must be > 0, got {}", self.repetition_penalty));
+        }
+        for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
+                return bad(field, format!("must be in [-2, 2], got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One sampled token with its logprob and (if asked) the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// Occurrences of each generated token (presence/frequency penalties).
+    output_counts: HashMap<u32, u32>,
+    /// Tokens of the prompt (repetition penalty).
+    prompt_tokens: Vec<u32>,
 }
 
 /// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler does).
@@ -43,38 +108,107 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// `log_softmax(logits)[ids]`, computed in f64.
+pub fn logprobs_of(logits: &[f32], ids: &[u32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    ids.iter().map(|&i| (logits[i as usize] as f64 - lse) as f32).collect()
+}
+
+/// The `n` largest logits' ids, best first (ties by lower id).
+pub fn top_n(logits: &[f32], n: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(idx.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    idx.select_nth_unstable_by(n - 1, cmp);
+    idx.truncate(n);
+    idx.sort_by(cmp);
+    idx
+}
+
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Result<Self, SamplerError> {
-        if !params.temperature.is_finite() || params.temperature < 0.0 {
-            return Err(SamplerError::Temperature(params.temperature));
-        }
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Result<Self, SamplerError> {
+        params.validate()?;
         let rng = StdRng::seed_from_u64(params.seed);
-        Ok(Sampler { params, rng })
+        let prompt_tokens = if params.repetition_penalty != 1.0 { prompt.to_vec() } else { Vec::new() };
+        Ok(Sampler { params, rng, output_counts: HashMap::new(), prompt_tokens })
     }
 
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
+    /// Picks the next token and records it as generated.
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let token = self.choose(logits);
+        *self.output_counts.entry(token).or_default() += 1;
+        let top = top_n(logits, self.params.top_logprobs);
+        let mut ids = vec![token];
+        ids.extend(&top);
+        let lps = logprobs_of(logits, &ids);
+        Sampled { token, logprob: lps[0], top: top.into_iter().zip(lps[1..].iter().copied()).collect() }
+    }
+
+    fn penalized(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        let p = &self.params;
+        let any = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if !any || (self.output_counts.is_empty() && self.prompt_tokens.is_empty()) {
+            return None;
+        }
+        let mut l = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let mut seen: Vec<u32> = self.prompt_tokens.iter().chain(self.output_counts.keys()).copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                let v = &mut l[t as usize];
+                *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+            }
+        }
+        for (&t, &n) in &self.output_counts {
+            l[t as usize] -= p.presence_penalty + p.frequency_penalty * n as f32;
+        }
+        Some(l)
+    }
+
+    fn choose(&mut self, raw: &[f32]) -> u32 {
+        let owned = self.penalized(raw);
+        let logits = owned.as_deref().unwrap_or(raw);
+        let p = &self.params;
+        if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        if self.params.top_k > 0 && self.params.top_k < cand.len() {
-            cand.select_nth_unstable_by(self.params.top_k - 1, |a, b| b.1.total_cmp(&a.1));
-            cand.truncate(self.params.top_k);
+        // Candidates best first; truncation keeps a prefix of this order.
+        let k = if p.top_k == 0 { logits.len() } else { p.top_k.min(logits.len()) };
+        let cand = top_n(logits, k);
+        let max = logits[cand[0] as usize];
+        let mut probs: Vec<f64> =
+            cand.iter().map(|&t| (((logits[t as usize] - max) / p.temperature) as f64).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+        let mut keep = probs.len();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            keep = probs
+                .iter()
+                .position(|q| {
+                    acc += q;
+                    acc >= p.top_p as f64
+                })
+                .map_or(keep, |i| i + 1);
         }
-        // Fixed order so a seed always maps to the same token.
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let max = cand[0].1;
-        let t = self.params.temperature;
-        let weights: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / t) as f64).exp()).collect();
-        let total: f64 = weights.iter().sum();
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p as f64;
+            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+        }
+        let total: f64 = probs[..keep].iter().sum();
         let mut r = self.rng.random::<f64>() * total;
-        for (&(id, _), w) in cand.iter().zip(&weights) {
-            if r < *w {
-                return id;
+        for (i, q) in probs[..keep].iter().enumerate() {
+            if r < *q {
+                return cand[i];
             }
-            r -= w;
+            r -= q;
         }
-        cand.last().expect("candidate list is never empty. This is a bug.").0
+        cand[keep - 1]
     }
 }
 
@@ -82,43 +216,91 @@ impl Sampler {
 mod tests {
     use super::*;
 
+    fn params(temperature: f32, seed: u64) -> SamplingParams {
+        SamplingParams { temperature, seed, ..Default::default() }
+    }
+
+    fn freq(s: &mut Sampler, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut c = vec![0usize; logits.len()];
+        for _ in 0..n {
+            c[s.choose(logits) as usize] += 1;
+        }
+        c.into_iter().map(|x| x as f64 / n as f64).collect()
+    }
+
     #[test]
-    fn greedy_picks_first_max() {
+    fn greedy_picks_first_max_and_reports_logprobs() {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, -1.0]), 1);
-        let mut s = Sampler::new(SamplingParams::default()).unwrap();
-        assert_eq!(s.sample(&[0.1, 0.2, 5.0]), 2);
+        let mut s = Sampler::new(SamplingParams { top_logprobs: 2, ..Default::default() }, &[]).unwrap();
+        let out = s.sample(&[0.0, 2.0f32.ln(), 0.0]);
+        assert_eq!(out.token, 1);
+        assert!((out.logprob - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 0]);
+        assert!((out.top[1].1 - 0.25f32.ln()).abs() < 1e-6);
     }
 
     #[test]
     fn seeded_sampling_is_reproducible_and_follows_probabilities() {
         let logits = [1.0f32, 2.0, 0.5, 1.5];
-        let params = SamplingParams { temperature: 1.0, top_k: 0, seed: 7 };
         let draw = |n| {
-            let mut s = Sampler::new(params.clone()).unwrap();
-            (0..n).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+            let mut s = Sampler::new(params(1.0, 7), &[]).unwrap();
+            (0..n).map(|_| s.choose(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(50), draw(50));
-        let draws = draw(20_000);
+        let mut s = Sampler::new(params(1.0, 7), &[]).unwrap();
+        let f = freq(&mut s, &logits, 20_000);
         let total: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         for (id, &l) in logits.iter().enumerate() {
             let expected = (l as f64).exp() / total;
-            let got = draws.iter().filter(|&&t| t == id as u32).count() as f64 / draws.len() as f64;
-            assert!((got - expected).abs() < 0.015, "token {id}: {got} vs {expected}");
+            assert!((f[id] - expected).abs() < 0.015, "token {id}: {} vs {expected}", f[id]);
         }
     }
 
     #[test]
-    fn top_k_limits_candidates() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, seed: 1 }).unwrap();
-        for _ in 0..500 {
-            assert!(matches!(s.sample(&[0.0, 1.0, 0.9, 0.2]), 1 | 2));
-        }
+    fn truncation_top_k_top_p_min_p() {
+        // Probabilities at t=1: 0.5, 0.25, 0.125, 0.125.
+        let logits: Vec<f32> = [0.5f32, 0.25, 0.125, 0.125].iter().map(|p| p.ln()).collect();
+        let mut s = Sampler::new(SamplingParams { top_k: 2, ..params(1.0, 1) }, &[]).unwrap();
+        let f = freq(&mut s, &logits, 6000);
+        assert!(f[2] == 0.0 && f[3] == 0.0 && (f[0] - 2.0 / 3.0).abs() < 0.03);
+        let mut s = Sampler::new(SamplingParams { top_p: 0.7, ..params(1.0, 2) }, &[]).unwrap();
+        let f = freq(&mut s, &logits, 6000);
+        assert!(f[2] == 0.0 && f[3] == 0.0 && f[1] > 0.2);
+        let mut s = Sampler::new(SamplingParams { min_p: 0.3, ..params(1.0, 3) }, &[]).unwrap();
+        let f = freq(&mut s, &logits, 6000);
+        assert!(f[2] == 0.0 && f[3] == 0.0 && f[1] > 0.2);
+        let mut s = Sampler::new(SamplingParams { top_p: 0.01, ..params(1.0, 4) }, &[]).unwrap();
+        assert_eq!(freq(&mut s, &logits, 200)[0], 1.0, "top_p keeps at least the best token");
     }
 
     #[test]
-    fn rejects_bad_temperature() {
-        for t in [f32::NAN, -0.5, f32::INFINITY] {
-            assert!(Sampler::new(SamplingParams { temperature: t, ..Default::default() }).is_err());
+    fn penalties_discourage_repeats() {
+        let logits = [1.0f32, 0.9, 0.0];
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.5, ..Default::default() }, &[]).unwrap();
+        assert_eq!(s.sample(&logits).token, 0);
+        assert_eq!(s.sample(&logits).token, 1, "token 0 now costs 0.5");
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.06, ..Default::default() }, &[]).unwrap();
+        assert_eq!(s.sample(&logits).token, 0);
+        assert_eq!(s.sample(&logits).token, 0, "one occurrence costs only 0.06");
+        assert_eq!(s.sample(&logits).token, 1, "two cost 0.12 > 0.1");
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..Default::default() }, &[0]).unwrap();
+        assert_eq!(s.sample(&logits).token, 1, "prompt tokens count for the repetition penalty");
+    }
+
+    #[test]
+    fn rejects_out_of_range_parameters_naming_the_field() {
+        let cases: Vec<(SamplingParams, &str)> = vec![
+            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
+            (SamplingParams { temperature: -0.5, ..Default::default() }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
+            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
+            (SamplingParams { min_p: -0.1, ..Default::default() }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
+            (SamplingParams { frequency_penalty: f32::INFINITY, ..Default::default() }, "frequency_penalty"),
+        ];
+        for (p, field) in cases {
+            assert_eq!(Sampler::new(p, &[]).err().map(|e| e.field), Some(field));
         }
     }
 }
