@@ -7,9 +7,11 @@
 //! text-embeddings-inference's `backends/core` (see `shared/STYLE.md`).
 
 mod backend;
+mod request;
 mod step;
 
 pub use backend::{Backend, BackendCaps, BackendError, KvLayout, WarmupReport};
+pub use request::{FinishReason, RequestId};
 pub use step::{LogitsWanted, PlanError, SeqStep, StepOutput, StepPlan};
 
 /// A token id in the model's vocabulary.

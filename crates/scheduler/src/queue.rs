@@ -1,0 +1,271 @@
+//! Queues, the step function and its bookkeeping. See the crate docs for the policy.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hearth_core::{LogitsWanted, RequestId, StepPlan};
+use hearth_kv::{CacheScope, KvCache, KvStats, SeqBlocks};
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Most tokens in one step.
+    pub max_batch_tokens: usize,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Most requests waiting; beyond it [`Scheduler::add`] refuses at once.
+    pub max_waiting: usize,
+    /// Whether a prompt may be split over several steps (else it must fit the budget whole).
+    pub chunked_prefill: bool,
+}
+
+/// A request as the scheduler sees it: token ids and limits, no sampling details.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub id: RequestId,
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate (the KV reservation bound).
+    pub max_tokens: usize,
+    /// Lower is served first.
+    pub priority: i32,
+    pub scope: CacheScope,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddError {
+    #[error("the waiting queue is full ({0} requests)")]
+    QueueFull(usize),
+    #[error("request needs {needed} KV blocks but the pool has {total}")]
+    TooLarge { needed: usize, total: usize },
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error("duplicate request id {0}")]
+    Duplicate(RequestId),
+}
+
+/// One request's part of a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub id: RequestId,
+    /// Tokens computed this step.
+    pub tokens: usize,
+    /// Whether this step reaches the end of the request's tokens, so its logits row must be sampled.
+    pub sample: bool,
+}
+
+/// What to run: the backend plan and which request each sequence of it belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct ScheduledStep {
+    pub plan: StepPlan,
+    pub seqs: Vec<ScheduledSeq>,
+    /// Requests preempted (sent back to waiting) while planning this step.
+    pub preempted: Vec<RequestId>,
+}
+
+impl ScheduledStep {
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub preemptions: u64,
+    pub kv: KvStats,
+}
+
+struct Seq {
+    req: NewRequest,
+    /// Prompt followed by generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens whose KV is in the cache.
+    computed: usize,
+    blocks: Option<SeqBlocks>,
+    /// Prompt tokens that were served from the prefix cache at first admission.
+    cached_prompt: Option<usize>,
+}
+
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    kv: KvCache,
+    waiting: BTreeMap<(i32, u64), Seq>,
+    /// Running requests in priority order (lowest key first). Keys are `(priority, arrival)` and
+    /// survive preemption, so a resumed request keeps its place.
+    running: BTreeMap<(i32, u64), Seq>,
+    /// Where each live request is: its key, and whether it runs.
+    index: HashMap<RequestId, ((i32, u64), bool)>,
+    next_arrival: u64,
+    preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig, kv: KvCache) -> Self {
+        assert!(cfg.max_batch_tokens > 0 && cfg.max_num_seqs > 0, "scheduler limits must be positive");
+        Scheduler {
+            cfg,
+            kv,
+            waiting: BTreeMap::new(),
+            running: BTreeMap::new(),
+            index: HashMap::new(),
+            next_arrival: 0,
+            preemptions: 0,
+        }
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            preemptions: self.preemptions,
+            kv: self.kv.stats(),
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// Queues a request, or refuses it at once.
+    pub fn add(&mut self, req: NewRequest) -> Result<(), AddError> {
+        if req.prompt.is_empty() {
+            return Err(AddError::EmptyPrompt);
+        }
+        if self.index.contains_key(&req.id) {
+            return Err(AddError::Duplicate(req.id));
+        }
+        let needed = (req.prompt.len() + req.max_tokens).div_ceil(self.kv.block_size());
+        if needed > self.kv.num_blocks() {
+            return Err(AddError::TooLarge { needed, total: self.kv.num_blocks() });
+        }
+        if self.waiting.len() >= self.cfg.max_waiting {
+            return Err(AddError::QueueFull(self.cfg.max_waiting));
+        }
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        let key = (req.priority, arrival);
+        self.index.insert(req.id, (key, false));
+        let tokens = req.prompt.clone();
+        self.waiting.insert(key, Seq { req, tokens, computed: 0, blocks: None, cached_prompt: None });
+        Ok(())
+    }
+
+    /// Removes a request wherever it is and frees its blocks. False if it was not there.
+    pub fn remove(&mut self, id: RequestId) -> bool {
+        let Some((key, running)) = self.index.remove(&id) else { return false };
+        let q = if running { &mut self.running } else { &mut self.waiting };
+        q.remove(&key).expect("index and queues agree. This is a bug.");
+        true
+    }
+
+    /// Prompt tokens served from the prefix cache when the request was first admitted.
+    pub fn cached_prompt_tokens(&self, id: RequestId) -> Option<usize> {
+        let (key, running) = *self.index.get(&id)?;
+        let q = if running { &self.running } else { &self.waiting };
+        q.get(&key)?.cached_prompt
+    }
+
+    /// Plans the next step.
+    pub fn schedule(&mut self) -> ScheduledStep {
+        let mut budget = self.cfg.max_batch_tokens;
+        let mut step = ScheduledStep::default();
+        let mut planned: Vec<((i32, u64), usize)> = Vec::new();
+
+        // 1. Running requests, best first; preempt from the back when blocks run out.
+        let mut keys: Vec<(i32, u64)> = self.running.keys().copied().collect();
+        let mut i = 0;
+        while i < keys.len() && budget > 0 {
+            let key = keys[i];
+            let seq = self.running.get_mut(&key).expect("running key. This is a bug.");
+            let want = (seq.tokens.len() - seq.computed).min(budget);
+            let target = seq.computed + want;
+            let blocks = seq.blocks.as_mut().expect("running requests hold blocks. This is a bug.");
+            if blocks.reserve(target).is_ok() {
+                planned.push((key, want));
+                budget -= want;
+                i += 1;
+                continue;
+            }
+            // Out of blocks: preempt the lowest-priority, newest running request (maybe this one).
+            let victim = *keys.last().expect("non-empty. This is a bug.");
+            self.preempt(victim);
+            step.preempted.push(self.waiting[&victim].req.id);
+            keys.pop();
+            if victim == key {
+                break;
+            }
+        }
+
+        // 2. Waiting requests, unless this step preempted.
+        if step.preempted.is_empty() {
+            while budget > 0 && planned.len() < self.cfg.max_num_seqs {
+                let Some((&key, seq)) = self.waiting.iter().next() else { break };
+                let whole = seq.tokens.len();
+                if !self.cfg.chunked_prefill && whole > budget {
+                    break;
+                }
+                // Reserve for the whole current token list; generation grows it block by block.
+                let Ok(blocks) = self.kv.allocate(seq.req.scope, &seq.tokens) else { break };
+                let mut seq = self.waiting.remove(&key).expect("key just seen. This is a bug.");
+                seq.computed = blocks.cached_tokens();
+                seq.cached_prompt.get_or_insert(blocks.cached_tokens());
+                seq.blocks = Some(blocks);
+                let want = (whole - seq.computed).min(budget);
+                budget -= want;
+                planned.push((key, want));
+                self.index.insert(seq.req.id, (key, true));
+                self.running.insert(key, seq);
+            }
+        }
+        debug_assert!(planned.len() <= self.cfg.max_num_seqs, "admission respects the sequence cap");
+
+        for (key, n) in planned {
+            let seq = &self.running[&key];
+            let start = seq.computed;
+            let sample = start + n == seq.tokens.len();
+            let table = seq.blocks.as_ref().expect("planned requests hold blocks. This is a bug.").blocks().to_vec();
+            let logits = if sample { LogitsWanted::Last } else { LogitsWanted::None };
+            step.plan.push(&seq.tokens[start..start + n], start, table, logits);
+            step.seqs.push(ScheduledSeq { id: seq.req.id, tokens: n, sample });
+        }
+        step
+    }
+
+    fn preempt(&mut self, key: (i32, u64)) {
+        let mut seq = self.running.remove(&key).expect("victim is running. This is a bug.");
+        seq.blocks = None;
+        seq.computed = 0;
+        self.preemptions += 1;
+        self.index.insert(seq.req.id, (key, false));
+        self.waiting.insert(key, seq);
+    }
+
+    /// Records a step's results: every scheduled sequence computed its tokens; `sampled` holds the
+    /// new token of each sequence that sampled (in `step.seqs` order, `None` where it did not).
+    pub fn update(&mut self, step: &ScheduledStep, sampled: &[Option<u32>]) {
+        assert_eq!(sampled.len(), step.seqs.len(), "one result per scheduled sequence. This is a bug.");
+        for (s, tok) in step.seqs.iter().zip(sampled) {
+            let Some(&(key, true)) = self.index.get(&s.id) else { continue }; // removed meanwhile
+            let seq = self.running.get_mut(&key).expect("indexed as running. This is a bug.");
+            seq.computed += s.tokens;
+            let computed = seq.computed;
+            if let Some(b) = seq.blocks.as_mut() {
+                b.commit(&seq.tokens[..computed]);
+            }
+            if let Some(t) = tok {
+                seq.tokens.push(*t);
+            }
+        }
+    }
+
+    /// Tokens generated so far by a request.
+    pub fn generated(&self, id: RequestId) -> Option<&[u32]> {
+        let (key, running) = *self.index.get(&id)?;
+        let q = if running { &self.running } else { &self.waiting };
+        let seq = q.get(&key)?;
+        Some(&seq.tokens[seq.req.prompt.len()..])
+    }
+}
