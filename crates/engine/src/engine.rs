@@ -1,0 +1,558 @@
+//! The engine thread.
+//!
+//! Ownership and channels:
+//! - `EngineHandle` (cloneable) holds the sending end of a bounded `std::sync::mpsc` command channel;
+//!   the engine thread holds the receiver. When every handle is dropped the thread finishes the
+//!   requests it has and exits.
+//! - Each request gets a bounded `tokio::sync::mpsc` event channel; the engine holds the sender,
+//!   the caller's [`RequestStream`] the receiver (usable from async code or with `blocking_recv`).
+//!   The engine never blocks on it: when it is full, new tokens wait in the engine and go out
+//!   coalesced into one event later; when the receiver is dropped, the request is aborted and its
+//!   KV blocks are freed before the next step is planned.
+//! - Admission is refused at once (in `submit`, on the caller's thread) when `max_waiting`
+//!   requests are already queued: a shared counter of not-yet-admitted requests decides.
+//!
+//! Loop: drain commands → drop requests whose receivers are gone → schedule → execute → sample →
+//! update → deliver events. A backend error fails the requests of that step (their blocks are
+//! freed) and the engine keeps serving.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hearth_core::{Backend, BackendCaps, FinishReason, KvLayout, RequestId};
+use hearth_kv::{CacheScope, KvCache, KvStats};
+use hearth_scheduler::{NewRequest, ScheduledStep, Scheduler, SchedulerConfig};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::sampler::{Sampler, SamplerError, SamplingParams};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub max_batch_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_waiting: usize,
+    /// Capacity of each request's event channel.
+    pub event_capacity: usize,
+    /// Tokens that end generation unless `ignore_eos` (the tokenizer's EOS / end-of-turn).
+    pub eog_tokens: Vec<u32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_batch_tokens: 2048,
+            max_num_seqs: 64,
+            max_waiting: 1024,
+            event_capacity: 64,
+            eog_tokens: vec![],
+        }
+    }
+}
+
+/// A generation request in token ids.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    /// End-of-generation and stop tokens are suppressed until this many tokens are generated.
+    pub min_tokens: usize,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Lower is served first.
+    pub priority: i32,
+    /// Prefix-cache sharing domain (the authenticated tenant).
+    pub scope: CacheScope,
+}
+
+impl GenerateRequest {
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        GenerateRequest {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            min_tokens: 0,
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            priority: 0,
+            scope: CacheScope::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenOut {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishInfo {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    /// Arrival to first scheduling.
+    pub queue_time: Duration,
+    /// Arrival to first generated token.
+    pub time_to_first_token: Option<Duration>,
+    pub total_time: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    /// One or more new tokens (several when the receiver fell behind).
+    Tokens(Vec<TokenOut>),
+    /// The last event of every request.
+    Finished(FinishInfo),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {max_context}")]
+    TooLong { prompt: usize, max_tokens: usize, max_context: usize },
+    #[error("the waiting queue is full ({0} requests)")]
+    QueueFull(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl From<SamplerError> for SubmitError {
+    fn from(e: SamplerError) -> Self {
+        SubmitError::Invalid { field: e.field, reason: e.reason }
+    }
+}
+
+/// Called on the engine thread after every step (metrics); must be quick.
+pub type StepObserver = Box<dyn FnMut(&StepRecord) + Send>;
+
+/// One step, for metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepRecord {
+    pub seqs: usize,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    pub duration: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub preemptions: u64,
+    pub kv: KvStats,
+    pub steps: u64,
+    pub last_step: StepRecord,
+}
+
+/// The receiving side of one request.
+#[derive(Debug)]
+pub struct RequestStream {
+    pub id: RequestId,
+    pub events: tokio::sync::mpsc::Receiver<EngineEvent>,
+}
+
+impl RequestStream {
+    /// Blocks until the request finishes (not from async code); returns its tokens and finish info.
+    pub fn collect_blocking(mut self) -> (Vec<TokenOut>, FinishInfo) {
+        let mut tokens = Vec::new();
+        while let Some(ev) = self.events.blocking_recv() {
+            match ev {
+                EngineEvent::Tokens(t) => tokens.extend(t),
+                EngineEvent::Finished(f) => return (tokens, f),
+            }
+        }
+        panic!("engine stream closed without a Finished event. This is a bug.");
+    }
+}
+
+enum Command {
+    Add(Box<Pending>),
+    Abort(RequestId),
+    Stats(mpsc::Sender<EngineStats>),
+}
+
+struct Pending {
+    id: RequestId,
+    req: GenerateRequest,
+    sampler: Sampler,
+    sink: tokio::sync::mpsc::Sender<EngineEvent>,
+    arrival: Instant,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Command>,
+    not_admitted: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    caps: Arc<BackendCaps>,
+    cfg: Arc<EngineConfig>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("backend", &self.caps.name).finish_non_exhaustive()
+    }
+}
+
+impl EngineHandle {
+    pub fn caps(&self) -> &BackendCaps {
+        &self.caps
+    }
+
+    /// Validates and queues a request. Refuses at once when the queue is full.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream, SubmitError> {
+        let invalid = |field, reason: String| Err(SubmitError::Invalid { field, reason });
+        if req.prompt.is_empty() {
+            return invalid("prompt", "must not be empty".into());
+        }
+        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= self.caps.vocab_size) {
+            return invalid("prompt", format!("token id {t} is outside the vocabulary of {}", self.caps.vocab_size));
+        }
+        if req.max_tokens == 0 {
+            return invalid("max_tokens", "must be at least 1".into());
+        }
+        if req.min_tokens > req.max_tokens {
+            return invalid("min_tokens", format!("{} exceeds max_tokens {}", req.min_tokens, req.max_tokens));
+        }
+        let max_context = self.caps.max_context;
+        if req.prompt.len() + req.max_tokens > max_context {
+            return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, max_context });
+        }
+        let sampler = Sampler::new(req.sampling.clone(), &req.prompt)?;
+        let max_waiting = self.cfg.max_waiting;
+        self.not_admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_waiting).then_some(n + 1))
+            .map_err(|_| SubmitError::QueueFull(max_waiting))?;
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (sink, events) = tokio::sync::mpsc::channel(self.cfg.event_capacity.max(1));
+        let pending = Box::new(Pending { id, req, sampler, sink, arrival: Instant::now() });
+        if self.tx.send(Command::Add(pending)).is_err() {
+            self.not_admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Stopped);
+        }
+        Ok(RequestStream { id, events })
+    }
+
+    /// Stops a request; its stream ends with `Finished(Aborted)`. Unknown ids are ignored.
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.tx.send(Command::Abort(id));
+    }
+
+    pub fn stats(&self) -> Result<EngineStats, SubmitError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Command::Stats(tx)).map_err(|_| SubmitError::Stopped)?;
+        rx.recv().map_err(|_| SubmitError::Stopped)
+    }
+}
+
+struct Active {
+    req: GenerateRequest,
+    sampler: Sampler,
+    sink: tokio::sync::mpsc::Sender<EngineEvent>,
+    arrival: Instant,
+    admitted_at: Option<Instant>,
+    /// Prompt tokens served from the prefix cache at admission.
+    cached_tokens: usize,
+    first_token_at: Option<Instant>,
+    generated: usize,
+    /// Tokens not yet delivered (the receiver was full).
+    undelivered: Vec<TokenOut>,
+    /// Set once the request has ended; the event is delivered before the request is dropped.
+    finished: Option<FinishReason>,
+}
+
+pub struct Engine<B: Backend> {
+    backend: B,
+    sched: Scheduler,
+    cfg: Arc<EngineConfig>,
+    active: HashMap<RequestId, Active>,
+    not_admitted: Arc<AtomicUsize>,
+    on_step: Option<StepObserver>,
+    steps: u64,
+    last_step: StepRecord,
+}
+
+impl<B: Backend + 'static> Engine<B> {
+    /// Starts the engine thread. `on_step` is called after every step (metrics).
+    pub fn spawn(backend: B, cfg: EngineConfig, on_step: Option<StepObserver>) -> (EngineHandle, JoinHandle<()>) {
+        let caps = Arc::new(backend.caps().clone());
+        let cfg = Arc::new(cfg);
+        let not_admitted = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::sync_channel(cfg.max_waiting.clamp(16, 4096));
+        let handle = EngineHandle {
+            tx,
+            not_admitted: not_admitted.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            caps: caps.clone(),
+            cfg: cfg.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("hearth-engine".into())
+            .spawn(move || {
+                let KvLayout::Paged { block_size, num_blocks } = caps.kv.clone();
+                let sched_cfg = SchedulerConfig {
+                    max_batch_tokens: cfg.max_batch_tokens.min(caps.max_batch_tokens),
+                    max_num_seqs: cfg.max_num_seqs,
+                    max_waiting: usize::MAX, // the handle enforces the limit at submission
+                    chunked_prefill: true,
+                };
+                let sched = Scheduler::new(sched_cfg, KvCache::new(num_blocks, block_size));
+                let mut engine = Engine {
+                    backend,
+                    sched,
+                    cfg,
+                    active: HashMap::new(),
+                    not_admitted,
+                    on_step,
+                    steps: 0,
+                    last_step: StepRecord::default(),
+                };
+                engine.run(rx);
+            })
+            .expect("spawning the engine thread");
+        (handle, thread)
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    fn run(&mut self, rx: Receiver<Command>) {
+        let mut connected = true;
+        loop {
+            // Idle: block for the next command (or exit when every handle is gone).
+            if self.active.is_empty() {
+                if !connected {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        connected = false;
+                        break;
+                    }
+                }
+            }
+            self.drop_abandoned();
+            let step = self.sched.schedule();
+            if !step.is_empty() {
+                self.run_step(step);
+            }
+            let undelivered = self.deliver();
+            if undelivered && !self.sched.has_work() {
+                // Only slow receivers left: do not spin.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(p) => {
+                let p = *p;
+                let new = NewRequest {
+                    id: p.id,
+                    prompt: p.req.prompt.clone(),
+                    max_tokens: p.req.max_tokens,
+                    priority: p.req.priority,
+                    scope: p.req.scope,
+                };
+                let mut active = Active {
+                    req: p.req,
+                    sampler: p.sampler,
+                    sink: p.sink,
+                    arrival: p.arrival,
+                    admitted_at: None,
+                    cached_tokens: 0,
+                    first_token_at: None,
+                    generated: 0,
+                    undelivered: Vec::new(),
+                    finished: None,
+                };
+                if let Err(e) = self.sched.add(new) {
+                    self.not_admitted.fetch_sub(1, Ordering::AcqRel);
+                    active.finished = Some(FinishReason::Error(e.to_string()));
+                }
+                self.active.insert(p.id, active);
+            }
+            Command::Abort(id) => self.finish(id, FinishReason::Aborted),
+            Command::Stats(reply) => {
+                let s = self.sched.stats();
+                let _ = reply.send(EngineStats {
+                    waiting: s.waiting,
+                    running: s.running,
+                    preemptions: s.preemptions,
+                    kv: s.kv,
+                    steps: self.steps,
+                    last_step: self.last_step.clone(),
+                });
+            }
+        }
+    }
+
+    /// Ends a request: frees its blocks now; its Finished event goes out with `deliver`.
+    fn finish(&mut self, id: RequestId, reason: FinishReason) {
+        let Some(a) = self.active.get_mut(&id) else { return };
+        if a.finished.is_some() {
+            return;
+        }
+        if a.admitted_at.is_none() {
+            self.not_admitted.fetch_sub(1, Ordering::AcqRel);
+            a.admitted_at = Some(Instant::now());
+        }
+        self.sched.remove(id);
+        a.finished = Some(reason);
+    }
+
+    /// Requests whose receiver is gone are aborted before the next step is planned.
+    fn drop_abandoned(&mut self) {
+        let gone: Vec<RequestId> = self.active.iter().filter(|(_, a)| a.sink.is_closed()).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.finish(id, FinishReason::Aborted);
+            self.active.remove(&id);
+        }
+    }
+
+    fn run_step(&mut self, step: ScheduledStep) {
+        let start = Instant::now();
+        for s in &step.seqs {
+            if let Some(a) = self.active.get_mut(&s.id)
+                && a.admitted_at.is_none()
+            {
+                a.admitted_at = Some(start);
+                a.cached_tokens = self.sched.cached_prompt_tokens(s.id).unwrap_or(0);
+                self.not_admitted.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let output = match self.backend.execute(&step.plan) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, seqs = step.seqs.len(), "backend step failed");
+                for s in &step.seqs {
+                    self.finish(s.id, FinishReason::Error(e.to_string()));
+                }
+                return;
+            }
+        };
+        let mut sampled = Vec::with_capacity(step.seqs.len());
+        let mut ended = Vec::new();
+        let mut row = 0;
+        for s in &step.seqs {
+            if !s.sample {
+                sampled.push(None);
+                continue;
+            }
+            let logits = output.row(row);
+            row += 1;
+            let a = self.active.get_mut(&s.id).expect("scheduled requests are active. This is a bug.");
+            let (token, reason) = sample_one(a, logits, &self.cfg.eog_tokens);
+            sampled.push(Some(token));
+            if let Some(r) = reason {
+                ended.push((s.id, r));
+            }
+        }
+        self.sched.update(&step, &sampled);
+        for (id, reason) in ended {
+            self.finish(id, reason);
+        }
+        let prefill: usize = step.seqs.iter().filter(|s| !(s.sample && s.tokens == 1)).map(|s| s.tokens).sum();
+        self.last_step = StepRecord {
+            seqs: step.seqs.len(),
+            prefill_tokens: prefill,
+            decode_tokens: step.plan.tokens.len() - prefill,
+            duration: start.elapsed(),
+        };
+        self.steps += 1;
+        if let Some(cb) = self.on_step.as_mut() {
+            cb(&self.last_step);
+        }
+    }
+
+    /// Sends pending tokens and finish events; true if some could not be sent yet.
+    fn deliver(&mut self) -> bool {
+        let mut done = Vec::new();
+        let mut gone = Vec::new();
+        let mut blocked = false;
+        for (&id, a) in self.active.iter_mut() {
+            if !a.undelivered.is_empty() {
+                let tokens = std::mem::take(&mut a.undelivered);
+                match a.sink.try_send(EngineEvent::Tokens(tokens)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(EngineEvent::Tokens(t))) => {
+                        a.undelivered = t;
+                        blocked = true;
+                        continue;
+                    }
+                    Err(_) => {
+                        gone.push(id); // receiver dropped
+                        continue;
+                    }
+                }
+            }
+            if let Some(reason) = &a.finished {
+                let now = Instant::now();
+                let info = FinishInfo {
+                    reason: reason.clone(),
+                    prompt_tokens: a.req.prompt.len(),
+                    cached_tokens: a.cached_tokens,
+                    generated_tokens: a.generated,
+                    queue_time: a.admitted_at.unwrap_or(now) - a.arrival,
+                    time_to_first_token: a.first_token_at.map(|t| t - a.arrival),
+                    total_time: now - a.arrival,
+                };
+                match a.sink.try_send(EngineEvent::Finished(info)) {
+                    Err(TrySendError::Full(_)) => blocked = true,
+                    _ => done.push(id),
+                }
+            }
+        }
+        for id in gone {
+            self.finish(id, FinishReason::Aborted);
+            done.push(id);
+        }
+        for id in done {
+            self.active.remove(&id);
+        }
+        blocked
+    }
+}
+
+/// Samples a request's next token and decides whether it ends the request.
+fn sample_one(a: &mut Active, logits: &[f32], eog: &[u32]) -> (u32, Option<FinishReason>) {
+    let req = &a.req;
+    let is_stop = |t: u32| req.stop_token_ids.contains(&t) || (!req.ignore_eos && eog.contains(&t));
+    let sampled = if a.generated < req.min_tokens {
+        let mut l = logits.to_vec();
+        for &t in req.stop_token_ids.iter().chain(if req.ignore_eos { &[][..] } else { eog }) {
+            if let Some(v) = l.get_mut(t as usize) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        a.sampler.sample(&l)
+    } else {
+        a.sampler.sample(logits)
+    };
+    a.generated += 1;
+    a.first_token_at.get_or_insert_with(Instant::now);
+    let token = sampled.token;
+    if is_stop(token) {
+        return (token, Some(FinishReason::Stop { token }));
+    }
+    a.undelivered.push(TokenOut { id: token, logprob: sampled.logprob, top: sampled.top });
+    let reason = (a.generated >= req.max_tokens).then_some(FinishReason::Length);
+    (token, reason)
+}

@@ -1,0 +1,121 @@
+//! The engine thread on a tiny seeded model: lifecycle, limits, cancellation, coalescing.
+
+use std::time::{Duration, Instant};
+
+use hearth_backends::{CpuBackend, CpuOptions};
+use hearth_core::FinishReason;
+use hearth_engine::{Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingParams, SubmitError};
+use hearth_models::GgufFile;
+use hearth_models::candle_core::quantized::GgmlDType;
+use hearth_models::testing::{TinySpec, tiny_gemma3_weights, write_tiny_gguf};
+
+fn engine(cfg: EngineConfig, kv_bytes: usize) -> EngineHandle {
+    let spec = TinySpec::default();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("hearth-engine-tiny-{}-{n}.gguf", std::process::id()));
+    write_tiny_gguf(&path, "gemma3", &spec, &tiny_gemma3_weights(&spec, 9), GgmlDType::Q8_0).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let b =
+        CpuBackend::load(&g, &CpuOptions { block_size: 4, kv_cache_bytes: kv_bytes, max_batch_tokens: 256 }).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    Engine::spawn(b, cfg, None).0
+}
+
+fn prompt(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 7 + salt * 13) % 90 + 1).collect()
+}
+
+/// Per-token KV bytes of the tiny model: 3 layers × 2 KV heads × 32 × (K+V) × f16.
+const TOK: usize = 3 * 2 * 32 * 2 * 2;
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn batched_requests_equal_alone_and_blocks_are_freed() {
+    let h = engine(EngineConfig::default(), 4096 * TOK);
+    let reqs: Vec<GenerateRequest> = (0..12)
+        .map(|i| GenerateRequest {
+            ignore_eos: true,
+            ..GenerateRequest::greedy(prompt(3 + i * 5, i as u32), 4 + i % 5)
+        })
+        .collect();
+    let alone: Vec<_> = reqs.iter().map(|r| h.submit(r.clone()).unwrap().collect_blocking()).collect();
+    let streams: Vec<_> = reqs.iter().map(|r| h.submit(r.clone()).unwrap()).collect();
+    let together: Vec<_> = streams.into_iter().map(|s| s.collect_blocking()).collect();
+    for (i, ((ta, fa), (tb, fb))) in alone.iter().zip(&together).enumerate() {
+        let ids = |t: &Vec<hearth_engine::TokenOut>| t.iter().map(|x| x.id).collect::<Vec<_>>();
+        assert_eq!(ids(ta), ids(tb), "request {i}");
+        assert_eq!(fa.reason, FinishReason::Length);
+        assert_eq!(fb.generated_tokens, reqs[i].max_tokens);
+    }
+    wait_until("blocks to be released", || h.stats().unwrap().kv.used == 0);
+}
+
+#[test]
+fn invalid_requests_are_refused_with_the_field() {
+    let h = engine(EngineConfig::default(), 256 * TOK);
+    let bad = |r: GenerateRequest| h.submit(r).unwrap_err();
+    assert!(matches!(bad(GenerateRequest::greedy(vec![], 4)), SubmitError::Invalid { field: "prompt", .. }));
+    assert!(matches!(bad(GenerateRequest::greedy(vec![1000], 4)), SubmitError::Invalid { field: "prompt", .. }));
+    assert!(matches!(bad(GenerateRequest::greedy(vec![1], 0)), SubmitError::Invalid { field: "max_tokens", .. }));
+    let hot = GenerateRequest {
+        sampling: SamplingParams { top_p: 2.0, ..Default::default() },
+        ..GenerateRequest::greedy(vec![1], 4)
+    };
+    assert!(matches!(bad(hot), SubmitError::Invalid { field: "top_p", .. }));
+    assert!(matches!(bad(GenerateRequest::greedy(vec![1; 200], 100)), SubmitError::TooLong { .. }));
+    // Still serving.
+    let (t, f) = h.submit(GenerateRequest::greedy(vec![1, 2, 3], 2)).unwrap().collect_blocking();
+    assert!(!t.is_empty() || matches!(f.reason, FinishReason::Stop { .. }));
+}
+
+#[test]
+fn full_queue_is_refused_at_once() {
+    let cfg = EngineConfig { max_waiting: 3, max_num_seqs: 1, ..Default::default() };
+    let h = engine(cfg, 4096 * TOK);
+    let long = GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(8, 1), 200) };
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let t = Instant::now();
+        match h.submit(long.clone()) {
+            Ok(s) => streams.push(s),
+            Err(SubmitError::QueueFull(3)) => {
+                refused += 1;
+                assert!(t.elapsed() < Duration::from_millis(50), "refusal is immediate");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 5, "only {refused} refused");
+    for s in streams {
+        h.abort(s.id);
+        let (_, f) = s.collect_blocking();
+        assert_eq!(f.reason, FinishReason::Aborted);
+    }
+    wait_until("queue to drain", || {
+        let s = h.stats().unwrap();
+        s.kv.used == 0 && s.waiting == 0 && s.running == 0
+    });
+}
+
+#[test]
+fn dropped_stream_aborts_and_frees_blocks_while_others_continue() {
+    let h = engine(EngineConfig { event_capacity: 1, ..Default::default() }, 4096 * TOK);
+    let long = GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(30, 2), 200) };
+    let mut gone = h.submit(long.clone()).unwrap();
+    let other = h.submit(GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(10, 3), 40) }).unwrap();
+    assert!(matches!(gone.events.blocking_recv(), Some(EngineEvent::Tokens(_))));
+    drop(gone);
+    let (tokens, f) = other.collect_blocking(); // capacity 1: tokens arrive coalesced
+    assert_eq!(tokens.len(), 40);
+    assert_eq!(f.reason, FinishReason::Length);
+    wait_until("blocks of the dropped request to be freed", || h.stats().unwrap().kv.used == 0);
+}
