@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use half::f16;
 use hearth_core::{BackendError, StepPlan};
@@ -14,6 +14,12 @@ use hearth_models::ops::{AttnParams, KvSpec, OpResult, Ops, RopeParams};
 use rayon::prelude::*;
 
 use super::attention::{self, LayerKv};
+
+/// Rows per quantized matmul call. candle-core picks its kernel from the row count (an AMX path
+/// for Q4_K from 32 rows, a repacked Q6_K path from 2 rows); calling it on at most 16 rows, and on
+/// never fewer than 2 for Q6_K, keeps every row on the same kernel whatever the batch, so a row's
+/// result does not depend on what shares its step (checked bit for bit in the tests below).
+const MATMUL_ROWS: usize = 16;
 
 /// Activations: `rows × cols` f32, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,12 +115,23 @@ impl Ops for CpuOps {
         if x.cols != w.inp {
             return Err(shape_err("matmul", format!("input has {} columns, weight takes {}", x.cols, w.inp)));
         }
-        if x.rows == 0 {
-            return Ok(CpuAct::new(Vec::new(), 0, w.out));
+        let mut out = Vec::with_capacity(x.rows * w.out);
+        for chunk in x.data.chunks(MATMUL_ROWS * x.cols) {
+            let rows = chunk.len() / x.cols;
+            // candle takes a different Q6_K kernel for one row than for several: give it two.
+            let padded;
+            let (input, m) = if rows == 1 && w.q.dtype() == GgmlDType::Q6K {
+                padded = [chunk, chunk].concat();
+                (&padded[..], 2)
+            } else {
+                (chunk, rows)
+            };
+            let t = Tensor::from_slice(input, (m, x.cols), &Device::Cpu).map_err(internal)?;
+            let y =
+                w.mm.forward(&t).and_then(|y| y.flatten_all()).and_then(|y| y.to_vec1::<f32>()).map_err(internal)?;
+            out.extend_from_slice(&y[..rows * w.out]);
         }
-        let t = Tensor::from_slice(&x.data, (x.rows, x.cols), &Device::Cpu).map_err(internal)?;
-        let y = w.mm.forward(&t).and_then(|y| y.flatten_all()).and_then(|y| y.to_vec1::<f32>()).map_err(internal)?;
-        Ok(CpuAct::new(y, x.rows, w.out))
+        Ok(CpuAct::new(out, x.rows, w.out))
     }
 
     fn rms_norm(&mut self, x: &CpuAct, w: &Vec<f32>, eps: f32) -> OpResult<CpuAct> {
@@ -199,4 +216,38 @@ impl Ops for CpuOps {
 /// Rounds to f16 and back (what a value looks like after a trip through the f16 KV cache).
 pub(super) fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_models::testing::SeededRng;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = SeededRng::new(seed);
+        (0..n).map(|_| r.next_f32()).collect()
+    }
+
+    /// Each row of a batched matmul equals the same row computed alone, bit for bit, for every
+    /// block format the default model uses and batch sizes 1..=40.
+    #[test]
+    fn quantized_matmul_is_batch_invariant() {
+        let (out, inp) = (64, 512);
+        let mut ops = CpuOps::new(KvSpec { layers: 1, kv_heads: 1, head_dim: 2 }, 1, 1);
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q4_0] {
+            let w = Tensor::from_vec(random(out * inp, 1), (out, inp), &Device::Cpu).unwrap();
+            let w = ops.load_matrix("w", QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let rows = 40;
+            let x = CpuAct::new(random(rows * inp, 2), rows, inp);
+            let alone: Vec<Vec<f32>> =
+                (0..rows).map(|r| ops.matmul(&CpuAct::new(x.row(r).to_vec(), 1, inp), &w).unwrap().data).collect();
+            for m in 1..=rows {
+                let batch = CpuAct::new(x.data[..m * inp].to_vec(), m, inp);
+                let y = ops.matmul(&batch, &w).unwrap();
+                for (r, want) in alone.iter().enumerate().take(m) {
+                    assert_eq!(y.row(r), &want[..], "{dtype:?}: row {r} of a batch of {m}");
+                }
+            }
+        }
+    }
 }
