@@ -1,21 +1,24 @@
-//! `hearth generate`: one prompt through the CPU backend, text streamed to stdout, speed to stderr.
+//! `hearth generate`: one prompt through the engine on the CPU backend, text streamed to stdout,
+//! speed to stderr.
 
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use clap::Args;
-use hearth_backends::{CpuBackend, CpuOptions};
-use hearth_core::{Backend, LogitsWanted, StepPlan};
-use hearth_engine::{Sampler, SamplingParams};
-use hearth_models::Tokenizer;
+use hearth_backends::CpuBackend;
+use hearth_core::FinishReason;
+use hearth_engine::{Engine, EngineEvent, GenerateRequest, SamplingParams};
+use hearth_models::{ArchConfig, Tokenizer};
 
+use crate::engine_args::EngineArgs;
 use crate::models::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The prompt (BOS is added as the model asks; special-token text such as `<start_of_turn>` is
     /// parsed as its token).
     #[arg(long)]
@@ -67,72 +70,54 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let gguf = args.model.open()?;
     let tok = Tokenizer::from_gguf(&gguf)?;
-    let prompt = tok.encode(&args.prompt, true)?;
-    let opts = CpuOptions::default();
-    let mut backend = CpuBackend::load(&gguf, &opts)?;
+    let arch = ArchConfig::from_gguf(&gguf)?;
+    let backend = CpuBackend::load(&gguf, &args.engine.cpu_options(&arch))?;
     drop(gguf);
-    let caps = backend.caps().clone();
-    let need = prompt.len() + args.max_tokens;
-    if need > caps.max_context {
-        bail!(
-            "prompt of {} tokens plus --max-tokens {} exceeds the context of {} tokens",
-            prompt.len(),
-            args.max_tokens,
-            caps.max_context
-        );
-    }
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        seed: args.seed,
-        ..Default::default()
-    };
-    let mut sampler = Sampler::new(params, &prompt)?;
+    let (engine, _thread) = Engine::spawn(backend, args.engine.engine_config(&tok), None);
+    let prompt = tok.encode(&args.prompt, true)?;
     eprintln!("loaded in {:.2}s; prompt: {} tokens", t_load.elapsed().as_secs_f64(), prompt.len());
 
-    // One sequence owns blocks 0.. of the pool.
-    let table: Vec<u32> = (0..need.div_ceil(backend.block_size()) as u32).collect();
-    let t_prefill = Instant::now();
-    let mut logits = None;
-    for (i, chunk) in prompt.chunks(caps.max_batch_tokens).enumerate() {
-        let cached = i * caps.max_batch_tokens;
-        let plan = StepPlan::single(chunk.to_vec(), cached, table.clone(), LogitsWanted::Last);
-        logits = Some(backend.execute(&plan).context("prefill")?);
-    }
-    let prefill_s = t_prefill.elapsed().as_secs_f64();
-    let mut logits = logits.context("empty prompt")?;
-    let mut stream = TextStream { tok: &tok, ids: Vec::new(), printed: 0 };
+    let request = GenerateRequest {
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            seed: args.seed,
+            ..Default::default()
+        },
+        ignore_eos: args.ignore_eos,
+        ..GenerateRequest::greedy(prompt, args.max_tokens)
+    };
+    let mut stream = engine.submit(request)?;
+    let mut text = TextStream { tok: &tok, ids: Vec::new(), printed: 0 };
     let mut out = std::io::stdout().lock();
-    let t_decode = Instant::now();
-    let mut generated = 0;
-    let mut context = prompt.len();
-    while generated < args.max_tokens {
-        let next = sampler.sample(logits.row(0)).token;
-        generated += 1;
-        if tok.is_eog(next) && !args.ignore_eos {
-            break;
+    while let Some(event) = stream.events.blocking_recv() {
+        match event {
+            EngineEvent::Tokens(tokens) => {
+                for t in tokens {
+                    write!(out, "{}", text.push(t.id)?)?;
+                }
+                out.flush()?;
+            }
+            EngineEvent::Finished(info) => {
+                writeln!(out)?;
+                if let FinishReason::Error(e) = &info.reason {
+                    anyhow::bail!("generation failed: {e}");
+                }
+                let ttft = info.time_to_first_token.map_or(0.0, |d| d.as_secs_f64());
+                let decode_s = info.total_time.as_secs_f64() - ttft;
+                eprintln!(
+                    "prompt: {} tokens in {ttft:.3}s ({:.1} tok/s); generated: {} tokens in {decode_s:.3}s ({:.1} tok/s); finish: {:?}",
+                    info.prompt_tokens,
+                    info.prompt_tokens as f64 / ttft.max(1e-9),
+                    info.generated_tokens,
+                    info.generated_tokens.saturating_sub(1) as f64 / decode_s.max(1e-9),
+                    info.reason
+                );
+                return Ok(());
+            }
         }
-        write!(out, "{}", stream.push(next)?)?;
-        out.flush()?;
-        if generated == args.max_tokens {
-            break;
-        }
-        let plan = StepPlan::single(vec![next], context, table.clone(), LogitsWanted::Last);
-        logits = backend.execute(&plan).context("decode")?;
-        context += 1;
     }
-    writeln!(out)?;
-    let decode_s = t_decode.elapsed().as_secs_f64();
-    eprintln!(
-        "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s)",
-        prompt.len(),
-        prefill_s,
-        prompt.len() as f64 / prefill_s,
-        generated,
-        decode_s,
-        generated.saturating_sub(1) as f64 / decode_s.max(1e-9)
-    );
-    Ok(())
+    anyhow::bail!("the engine stopped before the request finished")
 }

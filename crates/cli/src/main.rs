@@ -1,6 +1,7 @@
 //! `hearth`: the command-line entry point. Subcommands: `generate` (one prompt, streamed to
 //! stdout) and `models` (pull, list, verify, export-tokenizer).
 
+mod engine_args;
 mod generate;
 mod models;
 

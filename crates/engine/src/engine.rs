@@ -87,7 +87,8 @@ impl GenerateRequest {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenOut {
     pub id: u32,
-    pub logprob: f32,
+    /// Present when the request asked for logprobs.
+    pub logprob: Option<f32>,
     pub top: Vec<(u32, f32)>,
 }
 

@@ -28,7 +28,9 @@ pub struct SamplingParams {
     /// Subtracted per occurrence from the logit of every token already generated.
     pub frequency_penalty: f32,
     pub seed: u64,
-    /// Also return this many most likely alternatives with their logprobs.
+    /// Report the chosen token's logprob (costs a pass over the vocabulary per token).
+    pub logprobs: bool,
+    /// Also report this many most likely alternatives with their logprobs (implies `logprobs`).
     pub top_logprobs: usize,
 }
 
@@ -43,6 +45,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: 0,
+            logprobs: false,
             top_logprobs: 0,
         }
     }
@@ -80,11 +83,11 @@ impl SamplingParams {
     }
 }
 
-/// One sampled token with its logprob and (if asked) the most likely alternatives.
+/// One sampled token with, if asked, its logprob and the most likely alternatives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    pub logprob: f32,
+    pub logprob: Option<f32>,
     pub top: Vec<(u32, f32)>,
 }
 
@@ -117,11 +120,11 @@ pub fn logprobs_of(logits: &[f32], ids: &[u32]) -> Vec<f32> {
 
 /// The `n` largest logits' ids, best first (ties by lower id).
 pub fn top_n(logits: &[f32], n: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let n = n.min(idx.len());
+    let n = n.min(logits.len());
     if n == 0 {
         return Vec::new();
     }
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     idx.select_nth_unstable_by(n - 1, cmp);
     idx.truncate(n);
@@ -141,11 +144,14 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let token = self.choose(logits);
         *self.output_counts.entry(token).or_default() += 1;
+        if !self.params.logprobs && self.params.top_logprobs == 0 {
+            return Sampled { token, logprob: None, top: Vec::new() };
+        }
         let top = top_n(logits, self.params.top_logprobs);
         let mut ids = vec![token];
         ids.extend(&top);
         let lps = logprobs_of(logits, &ids);
-        Sampled { token, logprob: lps[0], top: top.into_iter().zip(lps[1..].iter().copied()).collect() }
+        Sampled { token, logprob: Some(lps[0]), top: top.into_iter().zip(lps[1..].iter().copied()).collect() }
     }
 
     fn penalized(&self, logits: &[f32]) -> Option<Vec<f32>> {
@@ -177,31 +183,49 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates best first; truncation keeps a prefix of this order.
+        let t = p.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |l: f32| (((l - max) / t) as f64).exp();
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // No truncation: draw from the whole distribution in id order, no sort needed.
+            let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+            let mut r = self.rng.random::<f64>() * total;
+            for (i, &l) in logits.iter().enumerate() {
+                let w = weight(l);
+                if r < w {
+                    return i as u32;
+                }
+                r -= w;
+            }
+            return argmax(logits);
+        }
+        // Candidates best first; truncation keeps a prefix of this order. Sorting the whole
+        // vocabulary per token is slow, so try the best 1,024 first and fall back to the full
+        // sort only when top-p / min-p would reach past them.
         let k = if p.top_k == 0 { logits.len() } else { p.top_k.min(logits.len()) };
-        let cand = top_n(logits, k);
-        let max = logits[cand[0] as usize];
-        let mut probs: Vec<f64> =
-            cand.iter().map(|&t| (((logits[t as usize] - max) / p.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            keep = probs
-                .iter()
-                .position(|q| {
-                    acc += q;
-                    acc >= p.top_p as f64
-                })
-                .map_or(keep, |i| i + 1);
-        }
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-        }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f64>() * total;
+        const FIRST: usize = 1024;
+        let z = |cand: &[u32]| cand.iter().map(|&c| weight(logits[c as usize])).sum::<f64>();
+        let (cand, total) = if k > FIRST {
+            let all: f64 =
+                if k == logits.len() { logits.iter().map(|&l| weight(l)).sum() } else { z(&top_n(logits, k)) };
+            (top_n(logits, FIRST), all)
+        } else {
+            let c = top_n(logits, k);
+            let all = z(&c);
+            (c, all)
+        };
+        let probs: Vec<f64> = cand.iter().map(|&c| weight(logits[c as usize]) / total).collect();
+        let (keep, complete) = truncate(&probs, p.top_p, p.min_p, cand.len() == k);
+        let (cand, probs, keep) = if complete {
+            (cand, probs, keep)
+        } else {
+            let cand = top_n(logits, k);
+            let probs: Vec<f64> = cand.iter().map(|&c| weight(logits[c as usize]) / total).collect();
+            let (keep, _) = truncate(&probs, p.top_p, p.min_p, true);
+            (cand, probs, keep)
+        };
+        let kept: f64 = probs[..keep].iter().sum();
+        let mut r = self.rng.random::<f64>() * kept;
         for (i, q) in probs[..keep].iter().enumerate() {
             if r < *q {
                 return cand[i];
@@ -210,6 +234,34 @@ impl Sampler {
         }
         cand[keep - 1]
     }
+}
+
+/// How many of the best-first `probs` top-p and min-p keep, and whether that answer is final
+/// (false when `probs` is only a prefix of the candidates and truncation might reach past it).
+fn truncate(probs: &[f64], top_p: f32, min_p: f32, all: bool) -> (usize, bool) {
+    let mut keep = probs.len();
+    let mut decided = all;
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        if let Some(i) = probs.iter().position(|q| {
+            acc += q;
+            acc >= top_p as f64
+        }) {
+            keep = i + 1;
+            decided = true;
+        }
+    } else if !all && min_p <= 0.0 {
+        return (keep, false);
+    }
+    if min_p > 0.0 {
+        let floor = probs[0] * min_p as f64;
+        let above = probs.iter().take_while(|&&q| q >= floor).count().max(1);
+        if above < probs.len() {
+            decided = true;
+        }
+        keep = keep.min(above);
+    }
+    (keep, decided)
 }
 
 #[cfg(test)]
@@ -234,7 +286,7 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { top_logprobs: 2, ..Default::default() }, &[]).unwrap();
         let out = s.sample(&[0.0, 2.0f32.ln(), 0.0]);
         assert_eq!(out.token, 1);
-        assert!((out.logprob - 0.5f32.ln()).abs() < 1e-6);
+        assert!((out.logprob.unwrap() - 0.5f32.ln()).abs() < 1e-6);
         assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 0]);
         assert!((out.top[1].1 - 0.25f32.ln()).abs() < 1e-6);
     }
@@ -271,6 +323,31 @@ mod tests {
         assert!(f[2] == 0.0 && f[3] == 0.0 && f[1] > 0.2);
         let mut s = Sampler::new(SamplingParams { top_p: 0.01, ..params(1.0, 4) }, &[]).unwrap();
         assert_eq!(freq(&mut s, &logits, 200)[0], 1.0, "top_p keeps at least the best token");
+    }
+
+    #[test]
+    fn truncation_past_the_first_candidates_is_exact() {
+        // 3,000 tokens with slowly falling logits: top-p 0.9 keeps far more than the first 1,024.
+        let logits: Vec<f32> = (0..3000).map(|i| -(i as f32) * 1e-4).collect();
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let mut acc = 0.0;
+        let cut = logits.iter().position(|&l| {
+            acc += (l as f64).exp() / z;
+            acc >= 0.9
+        });
+        let cut = cut.unwrap() as u32;
+        let mut s = Sampler::new(SamplingParams { top_p: 0.9, ..params(1.0, 5) }, &[]).unwrap();
+        let draws: Vec<u32> = (0..4000).map(|_| s.choose(&logits)).collect();
+        assert!(draws.iter().all(|&t| t <= cut), "a token past the top-p cut {cut} was drawn");
+        assert!(draws.iter().any(|&t| t > 1024), "candidates past the first 1,024 are reachable");
+        // min-p that keeps everything above half the best probability: about 6,900 ranks, all kept.
+        let mut s = Sampler::new(SamplingParams { min_p: 0.5, ..params(1.0, 6) }, &[]).unwrap();
+        assert!((0..2000).map(|_| s.choose(&logits)).any(|t| t > 1024));
+        // Untruncated sampling follows the distribution without sorting.
+        let mut s = Sampler::new(params(1.0, 7), &[]).unwrap();
+        let f = freq(&mut s, &[0.0, 1.0f32.ln() + 1.0, 0.0], 20_000);
+        let e = std::f64::consts::E;
+        assert!((f[1] - e / (e + 2.0)).abs() < 0.015, "{f:?}");
     }
 
     #[test]
