@@ -72,10 +72,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let tok = Tokenizer::from_gguf(&gguf)?;
     let arch = ArchConfig::from_gguf(&gguf)?;
     let backend = CpuBackend::load(&gguf, &args.engine.cpu_options(&arch))?;
+    let kv_tokens = backend.num_blocks() * backend.block_size();
     drop(gguf);
     let (engine, _thread) = Engine::spawn(backend, args.engine.engine_config(&tok), None);
     let prompt = tok.encode(&args.prompt, true)?;
-    eprintln!("loaded in {:.2}s; prompt: {} tokens", t_load.elapsed().as_secs_f64(), prompt.len());
+    eprintln!(
+        "loaded in {:.2}s; KV cache: {kv_tokens} tokens; prompt: {} tokens",
+        t_load.elapsed().as_secs_f64(),
+        prompt.len()
+    );
 
     let request = GenerateRequest {
         sampling: SamplingParams {

@@ -236,9 +236,13 @@ impl EngineHandle {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (sink, events) = tokio::sync::mpsc::channel(self.cfg.event_capacity.max(1));
         let pending = Box::new(Pending { id, req, sampler, sink, arrival: Instant::now() });
-        if self.tx.send(Command::Add(pending)).is_err() {
+        // Never blocks: the channel has room for every request the counter lets through.
+        if let Err(e) = self.tx.try_send(Command::Add(pending)) {
             self.not_admitted.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::Stopped);
+            return Err(match e {
+                mpsc::TrySendError::Full(_) => SubmitError::QueueFull(max_waiting),
+                mpsc::TrySendError::Disconnected(_) => SubmitError::Stopped,
+            });
         }
         Ok(RequestStream { id, events })
     }
@@ -288,7 +292,8 @@ impl<B: Backend + 'static> Engine<B> {
         let caps = Arc::new(backend.caps().clone());
         let cfg = Arc::new(cfg);
         let not_admitted = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = mpsc::sync_channel(cfg.max_waiting.clamp(16, 4096));
+        // Room for every admissible request plus control commands (abort, stats).
+        let (tx, rx) = mpsc::sync_channel(cfg.max_waiting.max(16) + 64);
         let handle = EngineHandle {
             tx,
             not_admitted: not_admitted.clone(),
@@ -350,12 +355,13 @@ impl<B: Backend> Engine<B> {
             }
             self.drop_abandoned();
             let step = self.sched.schedule();
-            if !step.is_empty() {
+            let ran = !step.is_empty();
+            if ran {
                 self.run_step(step);
             }
             let undelivered = self.deliver();
-            if undelivered && !self.sched.has_work() {
-                // Only slow receivers left: do not spin.
+            if !ran && (undelivered || self.sched.has_work()) {
+                // Nothing could run (only slow receivers, or nothing fits yet): do not spin.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
