@@ -119,3 +119,44 @@ fn dropped_stream_aborts_and_frees_blocks_while_others_continue() {
     assert_eq!(f.reason, FinishReason::Length);
     wait_until("blocks of the dropped request to be freed", || h.stats().unwrap().kv.used == 0);
 }
+
+/// A backend that fails one chosen step.
+struct Flaky {
+    inner: CpuBackend,
+    steps: usize,
+    fail_at: usize,
+}
+
+impl hearth_core::Backend for Flaky {
+    fn caps(&self) -> &hearth_core::BackendCaps {
+        self.inner.caps()
+    }
+    fn warmup(&mut self) -> Result<hearth_core::WarmupReport, hearth_core::BackendError> {
+        self.inner.warmup()
+    }
+    fn execute(&mut self, step: &hearth_core::StepPlan) -> Result<hearth_core::StepOutput, hearth_core::BackendError> {
+        self.steps += 1;
+        if self.steps == self.fail_at {
+            return Err(hearth_core::BackendError::Internal("injected fault".into()));
+        }
+        self.inner.execute(step)
+    }
+}
+
+#[test]
+fn backend_fault_fails_that_step_only_and_frees_blocks() {
+    let spec = TinySpec::default();
+    let path = std::env::temp_dir().join(format!("hearth-engine-flaky-{}.gguf", std::process::id()));
+    write_tiny_gguf(&path, "gemma3", &spec, &tiny_gemma3_weights(&spec, 9), GgmlDType::Q8_0).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let inner =
+        CpuBackend::load(&g, &CpuOptions { block_size: 4, kv_cache_bytes: 1024 * TOK, max_batch_tokens: 256 }).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (h, _t) = Engine::spawn(Flaky { inner, steps: 0, fail_at: 3 }, EngineConfig::default(), None);
+    let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(6, 4), 10) };
+    let (_, f) = h.submit(req.clone()).unwrap().collect_blocking();
+    assert!(matches!(f.reason, FinishReason::Error(ref e) if e.contains("injected fault")), "{:?}", f.reason);
+    wait_until("blocks of the failed request to be freed", || h.stats().unwrap().kv.used == 0);
+    let (tokens, f) = h.submit(req).unwrap().collect_blocking();
+    assert_eq!((tokens.len(), f.reason), (10, FinishReason::Length), "the engine keeps serving");
+}
