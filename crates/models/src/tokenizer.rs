@@ -95,7 +95,9 @@ impl Tokenizer {
         let bpe = bpe.build().map_err(tk_err)?;
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_normalizer(Some(NormalizerWrapper::Replace(Replace::new(" ", "▁").map_err(tk_err)?)));
+        inner
+            .with_normalizer(Some(NormalizerWrapper::Replace(Replace::new(" ", "▁").map_err(tk_err)?)))
+            .map_err(tk_err)?;
         inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
             DecoderWrapper::Replace(Replace::new("▁", " ").map_err(tk_err)?),
             DecoderWrapper::ByteFallback(ByteFallback::new()),
@@ -123,8 +125,8 @@ impl Tokenizer {
             .map(|(t, ty)| AddedToken::from(t.to_string(), *ty != TYPE_USER_DEFINED).normalized(false))
             .collect();
         let (special, plain): (Vec<_>, Vec<_>) = added.into_iter().partition(|t| t.special);
-        inner.add_special_tokens(&special);
-        inner.add_tokens(&plain);
+        inner.add_special_tokens(special).map_err(tk_err)?;
+        inner.add_tokens(plain).map_err(tk_err)?;
 
         let mut eog = vec![eos];
         for name in ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>"] {
