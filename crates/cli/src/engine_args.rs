@@ -75,7 +75,7 @@ impl EngineArgs {
             max_batch_tokens: self.max_batch_tokens,
             max_num_seqs: self.max_num_seqs,
             max_waiting: self.max_waiting,
-            eog_tokens: (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect(),
+            eog_tokens: tok.eog_tokens().to_vec(),
             ..EngineConfig::default()
         }
     }

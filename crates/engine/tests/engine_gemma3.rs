@@ -38,7 +38,7 @@ fn engine(kv_tokens: usize, cfg: EngineConfig) -> EngineHandle {
     let tok = Tokenizer::from_gguf(&g).unwrap();
     let opts = CpuOptions { kv_cache_bytes: kv_tokens * KV_TOKEN_BYTES, ..CpuOptions::default() };
     let b = CpuBackend::load(&g, &opts).unwrap();
-    let eog = (0..tok.vocab_size() as u32).filter(|&t| tok.is_eog(t)).collect();
+    let eog = tok.eog_tokens().to_vec();
     Engine::spawn(b, EngineConfig { eog_tokens: eog, ..cfg }, None).0
 }
 

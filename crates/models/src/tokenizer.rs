@@ -170,6 +170,11 @@ impl Tokenizer {
         self.eog.contains(&id)
     }
 
+    /// Every token that ends generation (EOS and end-of-turn markers).
+    pub fn eog_tokens(&self) -> &[u32] {
+        &self.eog
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
