@@ -260,7 +260,9 @@ impl EngineHandle {
 }
 
 struct Active {
+    /// The request, with its prompt moved to the scheduler.
     req: GenerateRequest,
+    prompt_len: usize,
     sampler: Sampler,
     sink: tokio::sync::mpsc::Sender<EngineEvent>,
     arrival: Instant,
@@ -370,16 +372,19 @@ impl<B: Backend> Engine<B> {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Add(p) => {
-                let p = *p;
+                let mut p = *p;
+                let prompt = std::mem::take(&mut p.req.prompt);
+                let prompt_len = prompt.len();
                 let new = NewRequest {
                     id: p.id,
-                    prompt: p.req.prompt.clone(),
+                    prompt,
                     max_tokens: p.req.max_tokens,
                     priority: p.req.priority,
                     scope: p.req.scope,
                 };
                 let mut active = Active {
                     req: p.req,
+                    prompt_len,
                     sampler: p.sampler,
                     sink: p.sink,
                     arrival: p.arrival,
@@ -514,7 +519,7 @@ impl<B: Backend> Engine<B> {
                 let now = Instant::now();
                 let info = FinishInfo {
                     reason: reason.clone(),
-                    prompt_tokens: a.req.prompt.len(),
+                    prompt_tokens: a.prompt_len,
                     cached_tokens: a.cached_tokens,
                     generated_tokens: a.generated,
                     queue_time: a.admitted_at.unwrap_or(now) - a.arrival,

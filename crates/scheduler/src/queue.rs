@@ -75,7 +75,9 @@ pub struct SchedulerStats {
 }
 
 struct Seq {
+    /// The request, with its prompt moved into `tokens`.
     req: NewRequest,
+    prompt_len: usize,
     /// Prompt followed by generated tokens.
     tokens: Vec<u32>,
     /// Tokens whose KV is in the cache.
@@ -130,7 +132,7 @@ impl Scheduler {
     }
 
     /// Queues a request, or refuses it at once.
-    pub fn add(&mut self, req: NewRequest) -> Result<(), AddError> {
+    pub fn add(&mut self, mut req: NewRequest) -> Result<(), AddError> {
         if req.prompt.is_empty() {
             return Err(AddError::EmptyPrompt);
         }
@@ -148,8 +150,9 @@ impl Scheduler {
         self.next_arrival += 1;
         let key = (req.priority, arrival);
         self.index.insert(req.id, (key, false));
-        let tokens = req.prompt.clone();
-        self.waiting.insert(key, Seq { req, tokens, computed: 0, blocks: None, cached_prompt: None });
+        let tokens = std::mem::take(&mut req.prompt);
+        let prompt_len = tokens.len();
+        self.waiting.insert(key, Seq { req, prompt_len, tokens, computed: 0, blocks: None, cached_prompt: None });
         Ok(())
     }
 
@@ -266,6 +269,6 @@ impl Scheduler {
         let (key, running) = *self.index.get(&id)?;
         let q = if running { &self.running } else { &self.waiting };
         let seq = q.get(&key)?;
-        Some(&seq.tokens[seq.req.prompt.len()..])
+        Some(&seq.tokens[seq.prompt_len..])
     }
 }
