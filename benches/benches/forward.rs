@@ -1,4 +1,4 @@
-//! One forward step of Gemma 3 270M on the CPU backend: decode at batch 1, 8, 32 (each sequence
+//! One forward step of Gemma 3 270M on the CPU backend: decode at batch 1, 8, 16, 32 (each sequence
 //! with 128 cached tokens) and prefill of 128 and 512 tokens. Throughput is tokens per second of the
 //! step. Needs the default model (`hearth models pull gemma3-270m`).
 //!
@@ -13,7 +13,7 @@ const CONTEXT: usize = 128;
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_step");
     g.sample_size(20);
-    for batch in [1usize, 8, 32] {
+    for batch in [1usize, 8, 16, 32] {
         let mut b = cpu_backend(batch * (CONTEXT + 16));
         let tables = prefill_sequences(&mut b, batch, CONTEXT);
         let plan = decode_plan(&tables, CONTEXT);

@@ -11,6 +11,7 @@ use hearth_core::{BackendError, StepPlan};
 use hearth_models::ops::{AttnParams, KvSpec, OpResult};
 use rayon::prelude::*;
 
+use super::fastmath;
 use super::ops::{CpuAct, round_f16};
 
 pub(super) struct LayerKv {
@@ -52,10 +53,50 @@ pub(super) fn write_kv(kv: &mut LayerKv, k: &CpuAct, v: &CpuAct, step: &StepPlan
     Ok(())
 }
 
-/// Attention of every query row over its own sequence's cached keys and values.
-pub(super) fn attend(kv: &LayerKv, q: &CpuAct, step: &StepPlan, p: &AttnParams, block_size: usize) -> OpResult<CpuAct> {
+/// Reusable buffers: each sequence's keys and values of this step, converted to f32 once.
+#[derive(Default)]
+pub(super) struct AttnScratch {
+    /// First key position of each sequence's range.
+    base: Vec<usize>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+/// Reads each sequence's key range (from the window start of its first row to its last
+/// position) from the paged cache and converts it to f32, once per step and layer.
+pub(super) fn gather(kv: &LayerKv, step: &StepPlan, p: &AttnParams, block_size: usize, scratch: &mut AttnScratch) {
+    let s = kv.stride;
+    let n = step.seqs.len();
+    scratch.base.clear();
+    scratch.base.extend(step.seqs.iter().map(|q| window_lo(p, q.first_position())));
+    scratch.k.resize_with(n.max(scratch.k.len()), Vec::new);
+    scratch.v.resize_with(n.max(scratch.v.len()), Vec::new);
+    let base = &scratch.base;
+    scratch.k[..n].par_iter_mut().zip(scratch.v[..n].par_iter_mut()).enumerate().for_each(|(i, (k32, v32))| {
+        let seq = &step.seqs[i];
+        let (base, end) = (base[i], seq.first_position() + seq.len);
+        k32.resize((end - base) * s, 0.0);
+        v32.resize((end - base) * s, 0.0);
+        for (j, pos) in (base..end).enumerate() {
+            let at = slot(&seq.block_table, pos, block_size) * s;
+            kv.k[at..at + s].convert_to_f32_slice(&mut k32[j * s..(j + 1) * s]);
+            kv.v[at..at + s].convert_to_f32_slice(&mut v32[j * s..(j + 1) * s]);
+        }
+    });
+}
+
+fn window_lo(p: &AttnParams, pos: usize) -> usize {
+    p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
+/// Attention of every query row over its own sequence's keys and values, as [`gather`] left them.
+///
+/// A row's arithmetic (dot products in key order, softmax, weighted sum in key order) does not
+/// depend on the other rows, so results are the same whatever the batch or the chunking.
+pub(super) fn attend(q: &CpuAct, step: &StepPlan, p: &AttnParams, scratch: &AttnScratch) -> OpResult<CpuAct> {
     let d = p.head_dim;
-    if q.cols != p.n_heads * d || q.rows != step.tokens.len() || kv.stride != p.n_kv_heads * d {
+    let s = p.n_kv_heads * d;
+    if q.cols != p.n_heads * d || q.rows != step.tokens.len() || scratch.base.len() != step.seqs.len() {
         return Err(BackendError::Internal(format!(
             "attend: q {}x{} for {} heads of {d}. This is a bug.",
             q.rows, q.cols, p.n_heads
@@ -66,74 +107,156 @@ pub(super) fn attend(kv: &LayerKv, q: &CpuAct, step: &StepPlan, p: &AttnParams, 
     for (si, s) in step.seqs.iter().enumerate() {
         row_seq.extend((0..s.len).map(|i| (si, s.first_position() + i)));
     }
+    let (ks, vs) = (&scratch.k, &scratch.v);
     let mut out = vec![0f32; q.rows * q.cols];
     out.par_chunks_mut(q.cols).enumerate().for_each(|(row, o)| {
         let (si, pos) = row_seq[row];
-        attend_row(kv, q.row(row), &step.seqs[si].block_table, pos, p, block_size, o);
+        let base = scratch.base[si];
+        let keys = (window_lo(p, pos) - base) * s..(pos + 1 - base) * s;
+        attend_row(&ks[si][keys.clone()], &vs[si][keys], q.row(row), p, s, o);
     });
     Ok(CpuAct::new(out, q.rows, q.cols))
 }
 
-fn attend_row(kv: &LayerKv, q: &[f32], table: &[u32], pos: usize, p: &AttnParams, block_size: usize, out: &mut [f32]) {
+/// One query row over `k`/`v` (`[keys, kv_heads * head_dim]`, the keys it may see, in order).
+fn attend_row(k: &[f32], v: &[f32], q: &[f32], p: &AttnParams, stride: usize, out: &mut [f32]) {
     let d = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
-    let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let n = pos + 1 - lo;
+    let n = k.len() / stride;
     // q rounded to f16, as ggml's CPU flash attention does before its f16 dot products.
     let q: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
     let mut scores = vec![0f32; group * n];
-    let mut kbuf = vec![0f32; d];
     for g in 0..p.n_kv_heads {
-        for (j, key_pos) in (lo..=pos).enumerate() {
-            let at = slot(table, key_pos, block_size) * kv.stride + g * d;
-            kv.k[at..at + d].convert_to_f32_slice(&mut kbuf);
-            for h in 0..group {
-                let qh = &q[(g * group + h) * d..][..d];
-                let mut s = dot(qh, &kbuf) * p.scale;
-                if let Some(c) = p.softcap {
-                    s = c * (s / c).tanh();
+        let heads = g * group..(g + 1) * group;
+        // The query heads sharing this KV head go through the keys together (independent
+        // accumulator chains); 16-lane chunks need head_dim % 16 == 0.
+        let qg = &q[heads.start * d..heads.end * d];
+        let og = &mut out[heads.start * d..heads.end * d];
+        match group {
+            _ if !d.is_multiple_of(64) => grouped::<1>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+            4 => grouped::<4>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+            2 => grouped::<2>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+            8 => grouped::<8>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+            _ => grouped::<1>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+        }
+    }
+}
+
+/// Attention of `q.len() / head_dim` query heads over one KV head at column `off` of `k`/`v`,
+/// `G` heads at a time (the results do not depend on `G`: each head's arithmetic is the same).
+#[allow(clippy::too_many_arguments)]
+fn grouped<const G: usize>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    off: usize,
+    p: &AttnParams,
+    stride: usize,
+    n: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = p.head_dim;
+    let heads = q.len() / d;
+    for h0 in (0..heads).step_by(G) {
+        if G == 1 || !d.is_multiple_of(64) {
+            for h in h0..(h0 + G).min(heads) {
+                let qh = &q[h * d..(h + 1) * d];
+                for j in 0..n {
+                    scores[j] = score(dot(qh, &k[j * stride + off..][..d]), p);
                 }
-                scores[h * n + j] = s;
+                softmax(&mut scores[..n]);
+                let oh = &mut out[h * d..(h + 1) * d];
+                for j in 0..n {
+                    let vj = &v[j * stride + off..][..d];
+                    oh.iter_mut().zip(vj).for_each(|(o, v)| *o = scores[j].mul_add(*v, *o));
+                }
+            }
+            continue;
+        }
+        // Scores of G heads: one pass over the keys, G independent 16-lane accumulators.
+        for j in 0..n {
+            let kj = &k[j * stride + off..][..d];
+            let mut acc = [[0f32; 16]; G];
+            for (c, kc) in kj.chunks_exact(16).enumerate() {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let qc = &q[(h0 + h) * d + c * 16..][..16];
+                    for l in 0..16 {
+                        acc[l] = qc[l].mul_add(kc[l], acc[l]);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                scores[h * n + j] = score(reduce16(acc), p);
             }
         }
-        for h in 0..group {
+        for h in 0..G {
             softmax(&mut scores[h * n..(h + 1) * n]);
         }
-        for (j, key_pos) in (lo..=pos).enumerate() {
-            let at = slot(table, key_pos, block_size) * kv.stride + g * d;
-            kv.v[at..at + d].convert_to_f32_slice(&mut kbuf);
-            for h in 0..group {
-                let w = scores[h * n + j];
-                let oh = &mut out[(g * group + h) * d..][..d];
-                oh.iter_mut().zip(&kbuf).for_each(|(o, v)| *o += w * v);
+        // Weighted sum of values, PV_COLS columns at a time for all G heads (accumulators stay
+        // in registers).
+        for c0 in (0..d).step_by(PV_COLS) {
+            let mut acc = [[0f32; PV_COLS]; G];
+            for j in 0..n {
+                let vj = &v[j * stride + off + c0..][..PV_COLS];
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let w = scores[h * n + j];
+                    for l in 0..PV_COLS {
+                        acc[l] = w.mul_add(vj[l], acc[l]);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                out[(h0 + h) * d + c0..][..PV_COLS].copy_from_slice(acc);
             }
         }
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators: vectorizes, and the order is fixed for every call.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+const PV_COLS: usize = 16;
+
+fn score(dot: f32, p: &AttnParams) -> f32 {
+    let s = dot * p.scale;
+    match p.softcap {
+        Some(c) => c * (s / c).tanh(),
+        None => s,
+    }
+}
+
+#[inline(always)]
+fn reduce16(acc: &[f32; 16]) -> f32 {
+    let mut a = *acc;
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            a[l] += a[l + w];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
+    a[0]
+}
+
+/// `Σ a·b` with 16 fused multiply-add lanes and a fixed reduction tree: vectorizes, and every
+/// call with the same inputs gives the same bits.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s = reduce16(&acc);
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
     }
     s
 }
 
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    // Separate loops: the exponentials vectorize, the (ordered) sum does not need to.
+    x.iter_mut().for_each(|v| *v = fastmath::exp(*v - max));
+    let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }

@@ -1,18 +1,21 @@
-//! The CPU backend: weights stay in their GGUF block formats (candle-core `QMatMul`), activations
-//! are f32, the paged KV cache is f16 in host memory.
+//! The CPU backend: quantized weights repacked for our batched integer matmul ([`qgemm`]),
+//! activations f32 (quantized to 8 bits per matmul), the paged KV cache f16 in host memory.
 //!
 //! One instance serves one model and is driven from one thread (the engine's); candle's kernels and
 //! our attention spread a step over the cores with rayon.
 
 mod attention;
+mod fastmath;
 mod ops;
+pub mod qgemm;
 
 use std::time::Instant;
 
 use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, LogitsWanted, StepOutput, StepPlan, WarmupReport};
 use hearth_models::{ArchConfig, GgufFile, Model, ModelError};
 
-pub use ops::{CpuAct, CpuMatrix, CpuOps};
+pub use ops::{CpuAct, CpuMatrix, CpuOps, OpProfile};
+pub use qgemm::Isa;
 
 /// Sizing of the CPU backend.
 #[derive(Clone, Debug)]
@@ -81,6 +84,11 @@ impl CpuBackend {
 
     pub fn block_size(&self) -> usize {
         self.ops.block_size()
+    }
+
+    /// The CPU operation set (profiling, instruction-set selection).
+    pub fn ops_mut(&mut self) -> &mut CpuOps {
+        &mut self.ops
     }
 }
 

@@ -1,25 +1,22 @@
-//! [`Ops`] on the CPU: quantized matmuls through candle-core, the rest in plain Rust over f32 rows.
+//! [`Ops`] on the CPU: quantized matmuls through our batched kernels ([`super::qgemm`]), the rest
+//! in plain Rust over f32 rows.
 //!
 //! Numerics follow llama.cpp where it matters for agreement with our oracle: RMS norms accumulate
 //! in f64, the KV cache is f16, attention rounds q to f16 before the dot products (as ggml's CPU
 //! flash attention does), everything else is f32.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use hearth_core::{BackendError, StepPlan};
 use hearth_models::ops::{AttnParams, KvSpec, OpResult, Ops, RopeParams};
 use rayon::prelude::*;
 
-use super::attention::{self, LayerKv};
-
-/// Rows per quantized matmul call. candle-core picks its kernel from the row count (an AMX path
-/// for Q4_K from 32 rows, a repacked Q6_K path from 2 rows); calling it on at most 16 rows, and on
-/// never fewer than 2 for Q6_K, keeps every row on the same kernel whatever the batch, so a row's
-/// result does not depend on what shares its step (checked bit for bit in the tests below).
-const MATMUL_ROWS: usize = 16;
+use super::attention::{self, AttnScratch, LayerKv};
+use super::fastmath;
+use super::qgemm::{self, Isa, PackedMatrix, QAct};
 
 /// Activations: `rows × cols` f32, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,22 +37,60 @@ impl CpuAct {
     }
 }
 
-/// A weight matrix `[out, in]` in its GGUF block format.
+/// A weight matrix `[out, in]`: quantized formats repacked for the integer kernels, float formats
+/// (F32, F16, BF16: small or test models) held as f32.
 pub struct CpuMatrix {
-    q: Arc<QTensor>,
-    mm: QMatMul,
-    out: usize,
-    inp: usize,
+    /// The tensor's name without layer number and suffix (`attn_q`, `token_embd`): profile key.
+    label: String,
+    data: MatrixData,
 }
+
+enum MatrixData {
+    Packed(PackedMatrix),
+    Float { w: Vec<f32>, out: usize, k: usize },
+}
+
+impl CpuMatrix {
+    fn out(&self) -> usize {
+        match &self.data {
+            MatrixData::Packed(p) => p.out(),
+            MatrixData::Float { out, .. } => *out,
+        }
+    }
+
+    fn k(&self) -> usize {
+        match &self.data {
+            MatrixData::Packed(p) => p.k(),
+            MatrixData::Float { k, .. } => *k,
+        }
+    }
+
+    fn row(&self, col: usize, y: &mut [f32]) {
+        match &self.data {
+            MatrixData::Packed(p) => p.dequantize_row(col, y),
+            MatrixData::Float { w, k, .. } => y.copy_from_slice(&w[col * k..(col + 1) * k]),
+        }
+    }
+}
+
+/// Wall time per operation over the steps run while profiling was on: `(op, total, calls)`,
+/// matmuls keyed by weight (`matmul attn_q`, `matmul token_embd` is the output head).
+pub type OpProfile = Vec<(String, Duration, u64)>;
+
+type RopeEntry = ((u32, u32, usize), Vec<u32>, std::sync::Arc<Vec<f32>>);
 
 pub struct CpuOps {
     kv: Vec<LayerKv>,
     block_size: usize,
     num_blocks: usize,
-}
-
-fn internal(e: candle_core::Error) -> BackendError {
-    BackendError::Internal(e.to_string())
+    isa: Isa,
+    /// Quantized activations of the current matmul, reused across calls.
+    qact: QAct,
+    attn: AttnScratch,
+    /// RoPE tables by (base, scale, head_dim), with the positions they were computed for.
+    rope_cache: Vec<RopeEntry>,
+    /// Per-op wall time while profiling is on.
+    profile: Option<BTreeMap<String, (Duration, u64)>>,
 }
 
 fn shape_err(what: &str, detail: String) -> BackendError {
@@ -65,7 +100,77 @@ fn shape_err(what: &str, detail: String) -> BackendError {
 impl CpuOps {
     pub fn new(spec: KvSpec, block_size: usize, num_blocks: usize) -> Self {
         let kv = (0..spec.layers).map(|_| LayerKv::new(spec, block_size, num_blocks)).collect();
-        CpuOps { kv, block_size, num_blocks }
+        CpuOps {
+            kv,
+            block_size,
+            num_blocks,
+            isa: Isa::detect(),
+            qact: QAct::default(),
+            attn: AttnScratch::default(),
+            rope_cache: Vec::new(),
+            profile: None,
+        }
+    }
+
+    /// Starts (or, with `false`, stops) recording wall time per op; see [`CpuOps::take_profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(BTreeMap::new);
+    }
+
+    /// The per-op times recorded since profiling was switched on or last taken.
+    pub fn take_profile(&mut self) -> OpProfile {
+        let Some(p) = self.profile.as_mut() else { return Vec::new() };
+        std::mem::take(p).into_iter().map(|(k, (d, n))| (k, d, n)).collect()
+    }
+
+    /// cos and sin (`[rows][cos half | sin half]`) for these positions; q and k of a layer, and
+    /// every layer with the same RoPE, share one computation per step.
+    fn rope_table(&mut self, positions: &[u32], p: &RopeParams) -> std::sync::Arc<Vec<f32>> {
+        let key = (p.base.to_bits(), p.position_scale.to_bits(), p.head_dim);
+        if let Some((_, pos, t)) = self.rope_cache.iter().find(|(k, _, _)| *k == key)
+            && pos[..] == *positions
+        {
+            return t.clone();
+        }
+        let (d, half) = (p.head_dim, p.head_dim / 2);
+        let inv_freq: Vec<f64> = (0..half).map(|i| (p.base as f64).powf(-2.0 * i as f64 / d as f64)).collect();
+        let mut table = vec![0f32; positions.len() * d];
+        table.par_chunks_mut(d).zip(positions.par_iter()).for_each(|(cs, &pos)| {
+            let pos = pos as f64 / p.position_scale as f64;
+            let (cos, sin) = cs.split_at_mut(half);
+            for (i, f) in inv_freq.iter().enumerate() {
+                let (s, c) = (pos * f).sin_cos();
+                cos[i] = c as f32;
+                sin[i] = s as f32;
+            }
+        });
+        let table = std::sync::Arc::new(table);
+        self.rope_cache.retain(|(k, _, _)| *k != key);
+        self.rope_cache.push((key, positions.to_vec(), table.clone()));
+        table
+    }
+
+    fn start(&self) -> Option<Instant> {
+        self.profile.is_some().then(Instant::now)
+    }
+
+    fn record(&mut self, t0: Option<Instant>, key: impl FnOnce() -> String) {
+        if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+            let e = p.entry(key()).or_default();
+            e.0 += t0.elapsed();
+            e.1 += 1;
+        }
+    }
+
+    /// The instruction set the matmuls run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs the matmuls on `isa` instead of the detected best (comparisons, tests).
+    pub fn set_isa(&mut self, isa: Isa) {
+        assert!(Isa::available().contains(&isa), "{isa:?} is not available on this CPU. This is a bug.");
+        self.isa = isa;
     }
 
     pub fn block_size(&self) -> usize {
@@ -82,21 +187,29 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt()
 }
 
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
-
 impl Ops for CpuOps {
     type Act = CpuAct;
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
 
     fn load_matrix(&mut self, name: &str, t: QTensor) -> OpResult<CpuMatrix> {
-        let (out, inp) = t.shape().dims2().map_err(|e| shape_err(name, e.to_string()))?;
-        let q = Arc::new(t);
-        let mm = QMatMul::from_arc(q.clone()).map_err(internal)?;
-        Ok(CpuMatrix { q, mm, out, inp })
+        let base = name.strip_suffix(".weight").unwrap_or(name);
+        let label = match base.strip_prefix("blk.") {
+            Some(rest) => rest.split_once('.').map_or(rest, |(_, op)| op).to_string(),
+            None => base.to_string(),
+        };
+        let data = if matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            let (out, k) = t.shape().dims2().map_err(|e| shape_err(name, e.to_string()))?;
+            let w = t
+                .dequantize(&candle_core::Device::Cpu)
+                .and_then(|w| w.flatten_all())
+                .and_then(|w| w.to_vec1::<f32>())
+                .map_err(|e| shape_err(name, e.to_string()))?;
+            MatrixData::Float { w, out, k }
+        } else {
+            MatrixData::Packed(PackedMatrix::pack(&t).map_err(|e| BackendError::Unavailable(format!("{name}: {e}")))?)
+        };
+        Ok(CpuMatrix { label, data })
     }
 
     fn load_vector(&mut self, _name: &str, v: Vec<f32>) -> OpResult<Vec<f32>> {
@@ -104,37 +217,44 @@ impl Ops for CpuOps {
     }
 
     fn embed(&mut self, table: &CpuMatrix, ids: &[u32], scale: f32) -> OpResult<CpuAct> {
-        let ids_t = Tensor::new(ids, &Device::Cpu).map_err(internal)?;
-        let rows = table.q.embedding(&ids_t).map_err(internal)?;
-        let mut data = rows.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(internal)?;
-        data.iter_mut().for_each(|v| *v *= scale);
-        Ok(CpuAct::new(data, ids.len(), table.inp))
+        let t0 = self.start();
+        let k = table.k();
+        let mut data = vec![0f32; ids.len() * k];
+        for (row, &id) in data.chunks_exact_mut(k).zip(ids) {
+            if id as usize >= table.out() {
+                return Err(shape_err("embed", format!("token {id} of {}", table.out())));
+            }
+            table.row(id as usize, row);
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+        self.record(t0, || "embed".into());
+        Ok(CpuAct::new(data, ids.len(), k))
     }
 
     fn matmul(&mut self, x: &CpuAct, w: &CpuMatrix) -> OpResult<CpuAct> {
-        if x.cols != w.inp {
-            return Err(shape_err("matmul", format!("input has {} columns, weight takes {}", x.cols, w.inp)));
+        if x.cols != w.k() {
+            return Err(shape_err("matmul", format!("input has {} columns, weight takes {}", x.cols, w.k())));
         }
-        let mut out = Vec::with_capacity(x.rows * w.out);
-        for chunk in x.data.chunks(MATMUL_ROWS * x.cols) {
-            let rows = chunk.len() / x.cols;
-            // candle takes a different Q6_K kernel for one row than for several: give it two.
-            let padded;
-            let (input, m) = if rows == 1 && w.q.dtype() == GgmlDType::Q6K {
-                padded = [chunk, chunk].concat();
-                (&padded[..], 2)
-            } else {
-                (chunk, rows)
-            };
-            let t = Tensor::from_slice(input, (m, x.cols), &Device::Cpu).map_err(internal)?;
-            let y =
-                w.mm.forward(&t).and_then(|y| y.flatten_all()).and_then(|y| y.to_vec1::<f32>()).map_err(internal)?;
-            out.extend_from_slice(&y[..rows * w.out]);
+        let t0 = self.start();
+        let mut out = vec![0f32; x.rows * w.out()];
+        match &w.data {
+            MatrixData::Packed(p) => {
+                self.qact.quantize(&x.data, x.rows, x.cols);
+                qgemm::matmul(p, &self.qact, &mut out, self.isa);
+            }
+            MatrixData::Float { w, k, .. } => {
+                out.par_chunks_mut(w.len() / k).enumerate().for_each(|(r, o)| {
+                    let xr = x.row(r);
+                    o.iter_mut().zip(w.chunks_exact(*k)).for_each(|(o, wr)| *o = attention::dot(xr, wr));
+                });
+            }
         }
-        Ok(CpuAct::new(out, x.rows, w.out))
+        self.record(t0, || format!("matmul {}", w.label));
+        Ok(CpuAct::new(out, x.rows, w.out()))
     }
 
     fn rms_norm(&mut self, x: &CpuAct, w: &Vec<f32>, eps: f32) -> OpResult<CpuAct> {
+        let t0 = self.start();
         let g = w.len();
         if g == 0 || !x.cols.is_multiple_of(g) {
             return Err(shape_err("rms_norm", format!("{} columns in groups of {g}", x.cols)));
@@ -144,10 +264,12 @@ impl Ops for CpuOps {
             let s = rms_scale(chunk, eps);
             chunk.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
         });
+        self.record(t0, || "rms_norm".into());
         Ok(CpuAct::new(out, x.rows, x.cols))
     }
 
     fn add_rms_norm(&mut self, acc: &mut CpuAct, x: &CpuAct, w: &Vec<f32>, eps: f32) -> OpResult<()> {
+        let t0 = self.start();
         if acc.rows != x.rows || acc.cols != x.cols || w.len() != x.cols {
             return Err(shape_err("add_rms_norm", format!("{}x{} += {}x{}", acc.rows, acc.cols, x.rows, x.cols)));
         }
@@ -155,21 +277,21 @@ impl Ops for CpuOps {
             let s = rms_scale(xr, eps);
             a.iter_mut().zip(xr).zip(w).for_each(|((a, x), w)| *a += x * s * w);
         });
+        self.record(t0, || "add_rms_norm".into());
         Ok(())
     }
 
     fn rope(&mut self, x: &mut CpuAct, positions: &[u32], p: &RopeParams) -> OpResult<()> {
+        let t0 = self.start();
         let d = p.head_dim;
         if positions.len() != x.rows || d == 0 || !x.cols.is_multiple_of(d) {
             return Err(shape_err("rope", format!("{} rows, {} positions, head_dim {d}", x.rows, positions.len())));
         }
         let half = d / 2;
-        let inv_freq: Vec<f64> = (0..half).map(|i| (p.base as f64).powf(-2.0 * i as f64 / d as f64)).collect();
+        let table = self.rope_table(positions, p);
         let cols = x.cols;
-        x.data.par_chunks_mut(cols).zip(positions.par_iter()).for_each(|(row, &pos)| {
-            let pos = pos as f64 / p.position_scale as f64;
-            let (cos, sin): (Vec<f32>, Vec<f32>) =
-                inv_freq.iter().map(|f| ((pos * f).cos() as f32, (pos * f).sin() as f32)).unzip();
+        x.data.par_chunks_mut(cols).zip(table.par_chunks(2 * half)).for_each(|(row, cs)| {
+            let (cos, sin) = cs.split_at(half);
             for head in row.chunks_mut(d) {
                 let (a, b) = head.split_at_mut(half);
                 for i in 0..half {
@@ -179,22 +301,39 @@ impl Ops for CpuOps {
                 }
             }
         });
+        self.record(t0, || "rope".into());
         Ok(())
     }
 
     fn gelu_mul(&mut self, gate: &CpuAct, up: &CpuAct) -> OpResult<CpuAct> {
+        let t0 = self.start();
         if gate.data.len() != up.data.len() {
             return Err(shape_err("gelu_mul", format!("{} vs {} elements", gate.data.len(), up.data.len())));
         }
-        let data = gate.data.par_iter().zip(&up.data).map(|(&g, &u)| gelu_tanh(g) * u).collect();
+        let mut data = vec![0f32; gate.data.len()];
+        let chunk = 4096;
+        data.par_chunks_mut(chunk).zip(gate.data.par_chunks(chunk)).zip(up.data.par_chunks(chunk)).for_each(
+            |((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = fastmath::gelu_tanh(g) * u;
+                }
+            },
+        );
+        self.record(t0, || "gelu_mul".into());
         Ok(CpuAct::new(data, gate.rows, gate.cols))
     }
 
     fn attention(&mut self, q: &CpuAct, k: &CpuAct, v: &CpuAct, step: &StepPlan, p: &AttnParams) -> OpResult<CpuAct> {
+        let t0 = self.start();
         let layer =
             self.kv.get_mut(p.layer).ok_or_else(|| shape_err("attention", format!("no KV for layer {}", p.layer)))?;
         attention::write_kv(layer, k, v, step, self.block_size)?;
-        attention::attend(layer, q, step, p, self.block_size)
+        attention::gather(layer, step, p, self.block_size, &mut self.attn);
+        self.record(t0, || "attention: KV write + gather".into());
+        let t0 = self.start();
+        let out = attention::attend(q, step, p, &self.attn)?;
+        self.record(t0, || "attention".into());
+        Ok(out)
     }
 
     fn select_rows(&mut self, x: &CpuAct, rows: &[usize]) -> OpResult<CpuAct> {
@@ -221,6 +360,7 @@ pub(super) fn round_f16(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{Device, Tensor};
     use hearth_models::testing::SeededRng;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
