@@ -46,7 +46,7 @@ pub const QK: usize = 32;
 /// 4-byte groups per block: lines per (tile, block).
 const GROUPS: usize = QK / 4;
 /// Rows computed together by a kernel call (register tile).
-const MR: usize = 4;
+const MR: usize = 8;
 /// Rows per pass over a tile range, so the quantized activations stay in cache.
 const ROW_CHUNK: usize = 64;
 
@@ -337,6 +337,7 @@ impl Isa {
 }
 
 /// One kernel call: rows `r0 .. r0 + mr` of `a` against tile `tile`, written to `out`.
+#[derive(Clone, Copy)]
 pub(crate) struct TileJob<'a> {
     pub w: &'a PackedMatrix,
     pub a: &'a QAct,

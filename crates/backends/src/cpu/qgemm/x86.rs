@@ -5,6 +5,9 @@ use std::arch::x86_64::*;
 
 use super::{GROUPS, K_ASYM, K_HALVES, K_SYM, K_SYM128, LANES, MR, QK, TileJob};
 
+/// How many blocks ahead the first row group prefetches weights.
+const PREFETCH_BLOCKS: usize = 4;
+
 /// Dispatches on the register-tile height and the weight kind.
 pub(super) fn avx512_tile(job: &TileJob<'_>, mr: usize) {
     macro_rules! go {
@@ -17,17 +20,27 @@ pub(super) fn avx512_tile(job: &TileJob<'_>, mr: usize) {
             }
         };
     }
-    const _: () = assert!(MR == 4);
+    const _: () = assert!(MR == 8);
     // SAFETY (all arms): `Isa::available` checked the features before this path was chosen.
     match mr {
         1 => go!(1),
         2 => go!(2),
         3 => go!(3),
-        _ => go!(4),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        _ => go!(8),
     }
 }
 
 pub(super) fn avx2_tile(job: &TileJob<'_>, mr: usize) {
+    // Sixteen ymm registers hold at most four rows' accumulators: taller tiles go in two calls.
+    if mr > 4 {
+        avx2_tile(job, 4);
+        let rest = TileJob { r0: job.r0 + 4, ..*job };
+        return avx2_tile(&rest, mr - 4);
+    }
     macro_rules! go {
         ($m:literal) => {
             match job.w.kind.code() {
@@ -58,7 +71,16 @@ unsafe fn avx512<const KIND: u8, const M: usize>(job: &TileJob<'_>) {
     let lines = w.lines[job.tile * nb * GROUPS..].as_ptr();
     let params = w.params[job.tile * nb * pb..].as_ptr();
     let mut acc = [_mm512_setzero_ps(); M];
+    // The first row group of a tile streams its weights from memory: fetch a few blocks ahead
+    // (the tiles are contiguous, so near the end this runs into the next tile's weights).
+    let prefetch = job.r0.is_multiple_of(super::ROW_CHUNK);
     for b in 0..nb {
+        if prefetch {
+            let ahead = (lines as *const u8).wrapping_add((b + PREFETCH_BLOCKS) * GROUPS * 64);
+            for g in 0..GROUPS {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(g * 64) as *const i8);
+            }
+        }
         // SAFETY: block b of this tile: 8 aligned lines, and its parameter bytes.
         let (wv, p0, p1) = unsafe {
             let l = lines.add(b * GROUPS) as *const __m512i;
