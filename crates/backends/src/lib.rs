@@ -1,7 +1,7 @@
 //! hearth-backends: accelerator backends, each implementing [`hearth_core::Backend`] by running an
 //! architecture from `hearth-models` over its implementation of the op set.
 //!
-//! - [`cpu`]: the embedded default, candle-core's quantized matmuls plus our own paged attention.
+//! - [`cpu`]: the embedded default: our batched quantized matmul and paged attention.
 
 pub mod cpu;
 

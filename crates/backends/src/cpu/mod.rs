@@ -1,8 +1,8 @@
 //! The CPU backend: quantized weights repacked for our batched integer matmul ([`qgemm`]),
 //! activations f32 (quantized to 8 bits per matmul), the paged KV cache f16 in host memory.
 //!
-//! One instance serves one model and is driven from one thread (the engine's); candle's kernels and
-//! our attention spread a step over the cores with rayon.
+//! One instance serves one model and is driven from one thread (the engine's); the matmuls and
+//! attention spread a step over the cores with rayon's pool (one pool, sized to the cores).
 
 mod attention;
 mod fastmath;
