@@ -30,7 +30,7 @@ fn main() {
             let mut a = QAct::default();
             a.quantize(&x, rows, k);
             let mut y = vec![0f32; rows * out];
-            for isa in Isa::available().into_iter().rev().take(if quick { 1 } else { 3 }) {
+            for &isa in Isa::available().iter().rev().take(if quick { 1 } else { 3 }) {
                 if isa == Isa::Portable && rows > 1 {
                     continue;
                 }

@@ -242,8 +242,8 @@ impl Ops for CpuOps {
                 self.qact.quantize(&x.data, x.rows, x.cols);
                 qgemm::matmul(p, &self.qact, &mut out, self.isa);
             }
-            MatrixData::Float { w, k, .. } => {
-                out.par_chunks_mut(w.len() / k).enumerate().for_each(|(r, o)| {
+            MatrixData::Float { w, k, out: cols } => {
+                out.par_chunks_mut(*cols).enumerate().for_each(|(r, o)| {
                     let xr = x.row(r);
                     o.iter_mut().zip(w.chunks_exact(*k)).for_each(|(o, wr)| *o = attention::dot(xr, wr));
                 });

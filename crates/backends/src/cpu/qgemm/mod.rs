@@ -315,8 +315,13 @@ impl Isa {
         })
     }
 
-    /// Every path this CPU can run, worst first.
-    pub fn available() -> Vec<Isa> {
+    /// Every path this CPU can run, worst first (detected once).
+    pub fn available() -> &'static [Isa] {
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE.get_or_init(Isa::probe)
+    }
+
+    fn probe() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {

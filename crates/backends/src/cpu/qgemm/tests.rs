@@ -97,7 +97,7 @@ fn simd_paths_equal_the_portable_reference() {
 /// A row's result does not depend on how many rows share the call or where it sits.
 #[test]
 fn matmul_is_batch_invariant_on_every_path() {
-    for isa in Isa::available() {
+    for &isa in Isa::available() {
         for dtype in DTYPES {
             let (out, k) = (40, 256);
             let p = PackedMatrix::pack(&quantized(dtype, out, k, 5)).unwrap();
