@@ -126,8 +126,11 @@ fn setup(name: &str, dtype: GgmlDType) -> (TinySpec, Vec<TinyTensor>, CpuBackend
     let path = tmp(name);
     write_tiny_gguf(&path, "gemma3", &spec, &w, dtype).unwrap();
     let g = GgufFile::open(&path).unwrap();
-    let b =
-        CpuBackend::load(&g, &CpuOptions { block_size: 4, kv_cache_bytes: 1 << 20, max_batch_tokens: 512 }).unwrap();
+    let b = CpuBackend::load(
+        &g,
+        &CpuOptions { block_size: 4, kv_cache_bytes: 1 << 20, max_batch_tokens: 512, exact_matmul: false },
+    )
+    .unwrap();
     std::fs::remove_file(&path).unwrap();
     (spec, w, b)
 }
@@ -232,4 +235,27 @@ fn bad_files_give_clear_errors() {
     std::fs::write(&path, [0u8; 3]).unwrap();
     assert!(GgufFile::open(&path).is_err());
     std::fs::remove_file(&path).unwrap();
+}
+
+/// `Greedy` sequences get their argmax in `greedy` (equal to the argmax of the `Last` row) and no
+/// logits row; the other sequences' rows stay in plan order.
+#[test]
+fn greedy_rows_return_the_argmax_instead_of_logits() {
+    let (spec, _w, mut b) = setup("greedy", GgmlDType::Q8_0);
+    let (a, c, d) = (tokens(9, 11, spec.vocab), tokens(5, 12, spec.vocab), tokens(3, 13, spec.vocab));
+    let mut full = StepPlan::default();
+    // Blocks of 4 tokens: a needs 3, c 2, d 1.
+    full.push(&a, 0, vec![0, 1, 2], LogitsWanted::Last);
+    full.push(&c, 0, vec![3, 4], LogitsWanted::Last);
+    full.push(&d, 0, vec![5], LogitsWanted::All);
+    let want = b.execute(&full).unwrap();
+    assert!(want.greedy.is_empty());
+    let mut mixed = StepPlan::default();
+    mixed.push(&a, 0, vec![6, 7, 8], LogitsWanted::Greedy);
+    mixed.push(&c, 0, vec![9, 10], LogitsWanted::Last);
+    mixed.push(&d, 0, vec![11], LogitsWanted::Greedy);
+    let got = b.execute(&mixed).unwrap();
+    // Rows of `want`: a (0), c (1), d's three rows (2..5); d's last row is 4.
+    assert_eq!(got.greedy, vec![hearth_core::argmax(want.row(0)), hearth_core::argmax(want.row(4))]);
+    assert_eq!(got.logits, want.row(1), "only the Last sequence's row comes back");
 }

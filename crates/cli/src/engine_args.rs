@@ -3,7 +3,7 @@
 use clap::Args;
 use hearth_backends::CpuOptions;
 use hearth_engine::EngineConfig;
-use hearth_models::{ArchConfig, Tokenizer};
+use hearth_models::ArchConfig;
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
@@ -70,12 +70,13 @@ impl EngineArgs {
         CpuOptions { kv_cache_bytes: kv, max_batch_tokens: self.max_batch_tokens, ..CpuOptions::default() }
     }
 
-    pub fn engine_config(&self, tok: &Tokenizer) -> EngineConfig {
+    /// Engine limits, with the tokens that end generation (the tokenizer's; none for dummy weights).
+    pub fn engine_config(&self, eog_tokens: Vec<u32>) -> EngineConfig {
         EngineConfig {
             max_batch_tokens: self.max_batch_tokens,
             max_num_seqs: self.max_num_seqs,
             max_waiting: self.max_waiting,
-            eog_tokens: tok.eog_tokens().to_vec(),
+            eog_tokens,
             ..EngineConfig::default()
         }
     }

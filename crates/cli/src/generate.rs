@@ -1,15 +1,16 @@
-//! `hearth generate`: one prompt through the engine on the CPU backend, text streamed to stdout,
-//! speed to stderr.
+//! `hearth generate`: one prompt through the engine (CPU or CUDA backend), text streamed to stdout,
+//! speed to stderr. With dummy weights (no tokenizer) the prompt is given as token ids and the
+//! output printed as ids.
 
 use std::io::Write;
 use std::time::Instant;
 
 use clap::Args;
-use hearth_backends::CpuBackend;
 use hearth_core::FinishReason;
 use hearth_engine::{Engine, EngineEvent, GenerateRequest, SamplingParams};
-use hearth_models::{ArchConfig, Tokenizer};
+use hearth_models::Tokenizer;
 
+use crate::backend::BackendArgs;
 use crate::engine_args::EngineArgs;
 use crate::models::ModelArgs;
 
@@ -19,10 +20,15 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// The prompt (BOS is added as the model asks; special-token text such as `<start_of_turn>` is
     /// parsed as its token).
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "prompt_ids", conflicts_with = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// The prompt as comma-separated token ids (the only form dummy weights accept).
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
@@ -68,16 +74,23 @@ impl TextStream<'_> {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
-    let gguf = args.model.open()?;
-    let tok = Tokenizer::from_gguf(&gguf)?;
-    let arch = ArchConfig::from_gguf(&gguf)?;
-    let backend = CpuBackend::load(&gguf, &args.engine.cpu_options(&arch))?;
-    let kv_tokens = backend.num_blocks() * backend.block_size();
-    drop(gguf);
-    let (engine, _thread) = Engine::spawn(backend, args.engine.engine_config(&tok), None);
-    let prompt = tok.encode(&args.prompt, true)?;
+    let loaded = crate::backend::load(&args.backend, &args.model, &args.engine)?;
+    let tok = loaded.tokenizer;
+    let caps = loaded.backend.caps().clone();
+    let kv_tokens = match caps.kv {
+        hearth_core::KvLayout::Paged { block_size, num_blocks } => block_size * num_blocks,
+    };
+    let eog = tok.as_ref().map(|t| t.eog_tokens().to_vec()).unwrap_or_default();
+    let (engine, _thread) = Engine::spawn(loaded.backend, args.engine.engine_config(eog), None);
+    let prompt = match (&args.prompt, &args.prompt_ids, &tok) {
+        (_, Some(ids), _) => ids.clone(),
+        (Some(text), None, Some(tok)) => tok.encode(text, true)?,
+        (Some(_), None, None) => anyhow::bail!("dummy weights have no tokenizer: give the prompt as --prompt-ids"),
+        (None, None, _) => anyhow::bail!("give --prompt or --prompt-ids"),
+    };
     eprintln!(
-        "loaded in {:.2}s; KV cache: {kv_tokens} tokens; prompt: {} tokens",
+        "{} backend; loaded in {:.2}s; KV cache: {kv_tokens} tokens; prompt: {} tokens",
+        caps.name,
         t_load.elapsed().as_secs_f64(),
         prompt.len()
     );
@@ -95,13 +108,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..GenerateRequest::greedy(prompt, args.max_tokens)
     };
     let mut stream = engine.submit(request)?;
-    let mut text = TextStream { tok: &tok, ids: Vec::new(), printed: 0 };
+    let mut text = tok.as_ref().map(|tok| TextStream { tok, ids: Vec::new(), printed: 0 });
     let mut out = std::io::stdout().lock();
     while let Some(event) = stream.events.blocking_recv() {
         match event {
             EngineEvent::Tokens(tokens) => {
                 for t in tokens {
-                    write!(out, "{}", text.push(t.id)?)?;
+                    match text.as_mut() {
+                        Some(text) => write!(out, "{}", text.push(t.id)?)?,
+                        None => write!(out, "{} ", t.id)?,
+                    }
                 }
                 out.flush()?;
             }

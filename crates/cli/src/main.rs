@@ -1,6 +1,7 @@
 //! `hearth`: the command-line entry point. Subcommands: `generate` (one prompt, streamed to
 //! stdout) and `models` (pull, list, verify, export-tokenizer).
 
+mod backend;
 mod engine_args;
 mod generate;
 mod models;
@@ -16,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Generate a continuation of one prompt on the CPU backend and stream it to stdout.
+    /// Generate a continuation of one prompt (CPU or CUDA backend) and stream it to stdout.
     Generate(generate::GenerateArgs),
     /// Manage the local model store.
     #[command(subcommand)]

@@ -52,3 +52,17 @@ pub trait Backend: Send {
     fn warmup(&mut self) -> Result<WarmupReport, BackendError>;
     fn execute(&mut self, step: &StepPlan) -> Result<StepOutput, BackendError>;
 }
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn caps(&self) -> &BackendCaps {
+        (**self).caps()
+    }
+
+    fn warmup(&mut self) -> Result<WarmupReport, BackendError> {
+        (**self).warmup()
+    }
+
+    fn execute(&mut self, step: &StepPlan) -> Result<StepOutput, BackendError> {
+        (**self).execute(step)
+    }
+}

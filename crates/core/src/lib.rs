@@ -12,7 +12,7 @@ mod step;
 
 pub use backend::{Backend, BackendCaps, BackendError, KvLayout, WarmupReport};
 pub use request::{FinishReason, RequestId};
-pub use step::{LogitsWanted, PlanError, SeqStep, StepOutput, StepPlan};
+pub use step::{LogitsWanted, PlanError, SeqStep, StepOutput, StepPlan, argmax};
 
 /// A token id in the model's vocabulary.
 pub type TokenId = u32;

@@ -16,6 +16,10 @@ pub enum LogitsWanted {
     Last,
     /// Every token of the chunk (teacher forcing, prompt logprobs).
     All,
+    /// Only the id of the last token's largest logit (greedy sampling; the first on ties): the
+    /// backend returns that id in [`StepOutput::greedy`] instead of the row, sparing the copy of a
+    /// vocabulary-sized row and the host's scan of it.
+    Greedy,
 }
 
 /// One sequence's share of a step.
@@ -44,7 +48,7 @@ impl SeqStep {
     pub fn logits_rows(&self) -> usize {
         match self.logits {
             LogitsWanted::None => 0,
-            LogitsWanted::Last => 1,
+            LogitsWanted::Last | LogitsWanted::Greedy => 1,
             LogitsWanted::All => self.len,
         }
     }
@@ -147,9 +151,22 @@ impl StepPlan {
 /// What a step returns: logits rows in plan order (sequence by sequence, token order within).
 #[derive(Clone, Debug, Default)]
 pub struct StepOutput {
-    /// `rows × vocab` logits, row-major, f32.
+    /// `rows × vocab` logits, row-major, f32: the rows of `Last` and `All` sequences, in plan order.
     pub logits: Vec<f32>,
     pub vocab: usize,
+    /// The argmax of each `Greedy` sequence's last row, in plan order.
+    pub greedy: Vec<u32>,
+}
+
+/// Index of the largest value (the first on ties; NaN never wins), as greedy sampling picks.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 impl StepOutput {

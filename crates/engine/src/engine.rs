@@ -23,12 +23,12 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hearth_core::{Backend, BackendCaps, FinishReason, KvLayout, RequestId};
+use hearth_core::{Backend, BackendCaps, FinishReason, KvLayout, LogitsWanted, RequestId};
 use hearth_kv::{CacheScope, KvCache, KvStats};
 use hearth_scheduler::{NewRequest, ScheduledStep, Scheduler, SchedulerConfig};
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::sampler::{Sampler, SamplerError, SamplingParams};
+use crate::sampler::{Sampled, Sampler, SamplerError, SamplingParams};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -439,8 +439,20 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn run_step(&mut self, step: ScheduledStep) {
+    fn run_step(&mut self, mut step: ScheduledStep) {
         let start = Instant::now();
+        // Plain-greedy requests past their min_tokens need only the argmax: let the backend take it.
+        for (s, plan) in step.seqs.iter().zip(step.plan.seqs.iter_mut()) {
+            if s.sample
+                && plan.logits == LogitsWanted::Last
+                && self
+                    .active
+                    .get(&s.id)
+                    .is_some_and(|a| a.sampler.is_plain_greedy() && a.generated >= a.req.min_tokens)
+            {
+                plan.logits = LogitsWanted::Greedy;
+            }
+        }
         for s in &step.seqs {
             if let Some(a) = self.active.get_mut(&s.id)
                 && a.admitted_at.is_none()
@@ -462,16 +474,21 @@ impl<B: Backend> Engine<B> {
         };
         let mut sampled = Vec::with_capacity(step.seqs.len());
         let mut ended = Vec::new();
-        let mut row = 0;
-        for s in &step.seqs {
+        let (mut row, mut greedy) = (0, output.greedy.iter());
+        for (s, plan) in step.seqs.iter().zip(&step.plan.seqs) {
             if !s.sample {
                 sampled.push(None);
                 continue;
             }
-            let logits = output.row(row);
-            row += 1;
             let a = self.active.get_mut(&s.id).expect("scheduled requests are active. This is a bug.");
-            let (token, reason) = sample_one(a, logits, &self.cfg.eog_tokens);
+            let choice = if plan.logits == LogitsWanted::Greedy {
+                let t = *greedy.next().expect("the backend returns one id per greedy sequence. This is a bug.");
+                Choice::Token(t)
+            } else {
+                row += 1;
+                Choice::Logits(output.row(row - 1))
+            };
+            let (token, reason) = sample_one(a, choice, &self.cfg.eog_tokens);
             sampled.push(Some(token));
             if let Some(r) = reason {
                 ended.push((s.id, r));
@@ -543,10 +560,24 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// What the backend returned for a sampled sequence.
+enum Choice<'a> {
+    Logits(&'a [f32]),
+    /// The device's argmax (plain greedy).
+    Token(u32),
+}
+
 /// Samples a request's next token and decides whether it ends the request.
-fn sample_one(a: &mut Active, logits: &[f32], eog: &[u32]) -> (u32, Option<FinishReason>) {
+fn sample_one(a: &mut Active, choice: Choice<'_>, eog: &[u32]) -> (u32, Option<FinishReason>) {
     let req = &a.req;
     let is_stop = |t: u32| req.stop_token_ids.contains(&t) || (!req.ignore_eos && eog.contains(&t));
+    let logits = match choice {
+        Choice::Logits(l) => l,
+        Choice::Token(t) => {
+            let s = a.sampler.accept(t);
+            return finish_one(a, s, is_stop(t));
+        }
+    };
     let sampled = if a.generated < req.min_tokens {
         let mut l = logits.to_vec();
         for &t in req.stop_token_ids.iter().chain(if req.ignore_eos { &[][..] } else { eog }) {
@@ -558,10 +589,17 @@ fn sample_one(a: &mut Active, logits: &[f32], eog: &[u32]) -> (u32, Option<Finis
     } else {
         a.sampler.sample(logits)
     };
+    let stop = is_stop(sampled.token);
+    finish_one(a, sampled, stop)
+}
+
+/// Counts a sampled token and decides whether it ends the request.
+fn finish_one(a: &mut Active, sampled: Sampled, stop: bool) -> (u32, Option<FinishReason>) {
+    let req = &a.req;
     a.generated += 1;
     a.first_token_at.get_or_insert_with(Instant::now);
     let token = sampled.token;
-    if is_stop(token) {
+    if stop {
         return (token, Some(FinishReason::Stop { token }));
     }
     a.undelivered.push(TokenOut { id: token, logprob: sampled.logprob, top: sampled.top });

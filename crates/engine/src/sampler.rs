@@ -101,15 +101,7 @@ pub struct Sampler {
 }
 
 /// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler does).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use hearth_core::argmax;
 
 /// `log_softmax(logits)[ids]`, computed in f64.
 pub fn logprobs_of(logits: &[f32], ids: &[u32]) -> Vec<f32> {
@@ -138,6 +130,24 @@ impl Sampler {
         let rng = StdRng::seed_from_u64(params.seed);
         let prompt_tokens = if params.repetition_penalty != 1.0 { prompt.to_vec() } else { Vec::new() };
         Ok(Sampler { params, rng, output_counts: HashMap::new(), prompt_tokens })
+    }
+
+    /// Greedy with nothing that needs the logits row (no penalties, no logprobs): the argmax can be
+    /// taken on the device ([`hearth_core::LogitsWanted::Greedy`]).
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature == 0.0
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && !p.logprobs
+            && p.top_logprobs == 0
+    }
+
+    /// Records a token chosen elsewhere (the device's argmax for a plain-greedy request).
+    pub fn accept(&mut self, token: u32) -> Sampled {
+        *self.output_counts.entry(token).or_default() += 1;
+        Sampled { token, logprob: None, top: Vec::new() }
     }
 
     /// Picks the next token and records it as generated.

@@ -16,8 +16,11 @@ fn engine(cfg: EngineConfig, kv_bytes: usize) -> EngineHandle {
     let path = std::env::temp_dir().join(format!("hearth-engine-tiny-{}-{n}.gguf", std::process::id()));
     write_tiny_gguf(&path, "gemma3", &spec, &tiny_gemma3_weights(&spec, 9), GgmlDType::Q8_0).unwrap();
     let g = GgufFile::open(&path).unwrap();
-    let b =
-        CpuBackend::load(&g, &CpuOptions { block_size: 4, kv_cache_bytes: kv_bytes, max_batch_tokens: 256 }).unwrap();
+    let b = CpuBackend::load(
+        &g,
+        &CpuOptions { block_size: 4, kv_cache_bytes: kv_bytes, max_batch_tokens: 256, exact_matmul: false },
+    )
+    .unwrap();
     std::fs::remove_file(&path).unwrap();
     Engine::spawn(b, cfg, None).0
 }
@@ -149,8 +152,11 @@ fn backend_fault_fails_that_step_only_and_frees_blocks() {
     let path = std::env::temp_dir().join(format!("hearth-engine-flaky-{}.gguf", std::process::id()));
     write_tiny_gguf(&path, "gemma3", &spec, &tiny_gemma3_weights(&spec, 9), GgmlDType::Q8_0).unwrap();
     let g = GgufFile::open(&path).unwrap();
-    let inner =
-        CpuBackend::load(&g, &CpuOptions { block_size: 4, kv_cache_bytes: 1024 * TOK, max_batch_tokens: 256 }).unwrap();
+    let inner = CpuBackend::load(
+        &g,
+        &CpuOptions { block_size: 4, kv_cache_bytes: 1024 * TOK, max_batch_tokens: 256, exact_matmul: false },
+    )
+    .unwrap();
     std::fs::remove_file(&path).unwrap();
     let (h, _t) = Engine::spawn(Flaky { inner, steps: 0, fail_at: 3 }, EngineConfig::default(), None);
     let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(6, 4), 10) };

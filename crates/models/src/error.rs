@@ -12,7 +12,7 @@ pub enum ModelError {
     Metadata { path: PathBuf, key: String, reason: String },
     #[error("{path}: tensor `{name}`: {reason}")]
     Tensor { path: PathBuf, name: String, reason: String },
-    #[error("unsupported architecture `{0}` (supported: gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: gemma3, llama, qwen2)")]
     UnsupportedArchitecture(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -100,6 +100,13 @@ impl Gemma3Config {
         KvSpec { layers: self.layers, kv_heads: self.kv_heads, head_dim: self.head_dim }
     }
 
+    /// Parameters (weights) of the model; the output head is the tied embedding.
+    pub fn parameters(&self) -> usize {
+        let (h, q, kv) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.ffn + 4 * h + 2 * self.head_dim;
+        self.vocab_size * h + self.layers * per_layer + h
+    }
+
     fn attn(&self, layer: usize) -> AttnParams {
         AttnParams {
             layer,
@@ -114,9 +121,14 @@ impl Gemma3Config {
 
     fn rope(&self, layer: usize) -> RopeParams {
         if self.is_sliding(layer) {
-            RopeParams { head_dim: self.head_dim, base: self.rope_base_local, position_scale: 1.0 }
+            RopeParams { head_dim: self.head_dim, base: self.rope_base_local, position_scale: 1.0, interleaved: false }
         } else {
-            RopeParams { head_dim: self.head_dim, base: self.rope_base_global, position_scale: self.rope_scale_global }
+            RopeParams {
+                head_dim: self.head_dim,
+                base: self.rope_base_global,
+                position_scale: self.rope_scale_global,
+                interleaved: false,
+            }
         }
     }
 }

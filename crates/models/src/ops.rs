@@ -35,6 +35,10 @@ pub struct RopeParams {
     pub base: f32,
     /// Positions are divided by this factor (linear RoPE scaling); 1.0 for none.
     pub position_scale: f32,
+    /// `false`: NeoX layout, dims `i` and `i + head_dim/2` rotate together (Gemma, Qwen2).
+    /// `true`: adjacent pairs `2i, 2i+1` rotate together (llama.cpp's "normal" RoPE, which Llama
+    /// GGUF files expect: the converter permutes q and k rows for it).
+    pub interleaved: bool,
 }
 
 /// KV storage a model needs from its backend.
@@ -63,6 +67,26 @@ pub trait Ops {
     fn load_matrix(&mut self, name: &str, t: QTensor) -> OpResult<Self::Matrix>;
     fn load_vector(&mut self, name: &str, v: Vec<f32>) -> OpResult<Self::Vector>;
 
+    /// A seeded random matrix `[out, k]` for performance work at real shapes (`--dummy-weights`):
+    /// values uniform in `±1/√k`, so activations keep their scale through the layers. The default
+    /// quantizes to Q8_0 (the CPU backend's fast path); accelerators override it to build their own
+    /// format directly.
+    fn dummy_matrix(&mut self, name: &str, out: usize, k: usize, seed: u64) -> OpResult<Self::Matrix> {
+        use candle_core::{Device, Tensor};
+        let mut rng = crate::dummy::SeededRng::new(seed);
+        let a = 1.0 / (k as f32).sqrt();
+        let w: Vec<f32> = (0..out * k).map(|_| a * rng.next_f32()).collect();
+        let dtype = if k.is_multiple_of(32) {
+            candle_core::quantized::GgmlDType::Q8_0
+        } else {
+            candle_core::quantized::GgmlDType::F32
+        };
+        let t = Tensor::from_vec(w, (out, k), &Device::Cpu)
+            .and_then(|t| QTensor::quantize(&t, dtype))
+            .map_err(|e| BackendError::Internal(format!("dummy {name}: {e}")))?;
+        self.load_matrix(name, t)
+    }
+
     /// Rows of `table` for `ids`, times `scale`.
     fn embed(&mut self, table: &Self::Matrix, ids: &[u32], scale: f32) -> OpResult<Self::Act>;
     /// `x · wᵀ`: `[rows, in] → [rows, out]`.
@@ -75,6 +99,12 @@ pub trait Ops {
     fn rope(&mut self, x: &mut Self::Act, positions: &[u32], p: &RopeParams) -> OpResult<()>;
     /// `gelu_tanh(gate) * up`, elementwise.
     fn gelu_mul(&mut self, gate: &Self::Act, up: &Self::Act) -> OpResult<Self::Act>;
+    /// `silu(gate) * up`, elementwise (SwiGLU).
+    fn silu_mul(&mut self, gate: &Self::Act, up: &Self::Act) -> OpResult<Self::Act>;
+    /// `acc += x`, elementwise (the pre-norm residual).
+    fn add(&mut self, acc: &mut Self::Act, x: &Self::Act) -> OpResult<()>;
+    /// Adds `b` to every row of `x` (projection biases).
+    fn add_bias(&mut self, x: &mut Self::Act, b: &Self::Vector) -> OpResult<()>;
     /// Writes this step's K and V into the layer's paged cache at each token's slot, then attends
     /// every query row over its own sequence (causal, optional window). Returns `[rows, heads*dim]`.
     fn attention(
@@ -91,15 +121,33 @@ pub trait Ops {
     fn to_host(&mut self, x: &Self::Act) -> OpResult<Vec<f32>>;
 }
 
-/// Rows of a step that need logits, in plan order.
+/// Rows of a step that need logits, in plan order (a `Greedy` sequence's last row included: the
+/// backend reduces it to its argmax).
 pub fn logits_rows(step: &StepPlan) -> Vec<usize> {
     let mut rows = Vec::with_capacity(step.logits_rows());
     for s in &step.seqs {
         match s.logits {
             hearth_core::LogitsWanted::None => {}
-            hearth_core::LogitsWanted::Last => rows.push(s.start + s.len - 1),
+            hearth_core::LogitsWanted::Last | hearth_core::LogitsWanted::Greedy => rows.push(s.start + s.len - 1),
             hearth_core::LogitsWanted::All => rows.extend(s.start..s.start + s.len),
         }
     }
     rows
+}
+
+/// Splits a step's logits rows (from [`logits_rows`]) into the rows to return and the `Greedy` rows,
+/// as indices into those logits rows.
+pub fn split_greedy(step: &StepPlan) -> (Vec<usize>, Vec<usize>) {
+    let (mut keep, mut greedy) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    for s in &step.seqs {
+        let n = s.logits_rows();
+        if s.logits == hearth_core::LogitsWanted::Greedy {
+            greedy.push(i);
+        } else {
+            keep.extend(i..i + n);
+        }
+        i += n;
+    }
+    (keep, greedy)
 }

@@ -50,23 +50,7 @@ pub struct TinyTensor {
     pub data: Vec<f32>,
 }
 
-/// Deterministic uniform numbers in [-1, 1) (splitmix64), so tests need no RNG crate.
-pub struct SeededRng(u64);
-
-impl SeededRng {
-    pub fn new(seed: u64) -> Self {
-        SeededRng(seed)
-    }
-
-    pub fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+pub use crate::dummy::SeededRng;
 
 /// Seeded weights with GGUF names for `spec`.
 pub fn tiny_gemma3_weights(spec: &TinySpec, seed: u64) -> Vec<TinyTensor> {

@@ -9,9 +9,8 @@ mod fastmath;
 mod ops;
 pub mod qgemm;
 
-use std::time::Instant;
-
-use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, LogitsWanted, StepOutput, StepPlan, WarmupReport};
+use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, StepOutput, StepPlan, WarmupReport, argmax};
+use hearth_models::ops::split_greedy;
 use hearth_models::{ArchConfig, GgufFile, Model, ModelError};
 
 pub use ops::{CpuAct, CpuMatrix, CpuOps, OpProfile};
@@ -26,11 +25,14 @@ pub struct CpuOptions {
     pub kv_cache_bytes: usize,
     /// Most tokens in one step.
     pub max_batch_tokens: usize,
+    /// Dequantize every matrix to f32 at load and multiply in f32 (no 8-bit activations): a slow,
+    /// exact reference for checking other backends, not for serving.
+    pub exact_matmul: bool,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
-        CpuOptions { block_size: 16, kv_cache_bytes: 256 << 20, max_batch_tokens: 2048 }
+        CpuOptions { block_size: 16, kv_cache_bytes: 256 << 20, max_batch_tokens: 2048, exact_matmul: false }
     }
 }
 
@@ -50,6 +52,19 @@ impl std::fmt::Debug for CpuBackend {
 impl CpuBackend {
     pub fn load(g: &GgufFile, opts: &CpuOptions) -> Result<Self, ModelError> {
         let config = ArchConfig::from_gguf(g)?;
+        Self::build(config, opts, |ops, cfg| Model::load(g, cfg, ops))
+    }
+
+    /// Seeded random weights (Q8_0) at the configuration's shapes, for performance work.
+    pub fn dummy(config: ArchConfig, opts: &CpuOptions, seed: u64) -> Result<Self, ModelError> {
+        Self::build(config, opts, |ops, cfg| Model::dummy(cfg, ops, seed))
+    }
+
+    fn build(
+        config: ArchConfig,
+        opts: &CpuOptions,
+        weights: impl FnOnce(&mut CpuOps, &ArchConfig) -> Result<Model<CpuOps>, ModelError>,
+    ) -> Result<Self, ModelError> {
         let spec = config.kv_spec();
         let num_blocks = opts.kv_cache_bytes / (spec.bytes_per_token(2) * opts.block_size);
         if num_blocks == 0 {
@@ -62,7 +77,8 @@ impl CpuBackend {
             .into());
         }
         let mut ops = CpuOps::new(spec, opts.block_size, num_blocks);
-        let model = Model::load(g, &config, &mut ops)?;
+        ops.set_exact_matmul(opts.exact_matmul);
+        let model = weights(&mut ops, &config)?;
         let caps = BackendCaps {
             name: "cpu",
             kv: KvLayout::Paged { block_size: opts.block_size, num_blocks },
@@ -98,22 +114,22 @@ impl Backend for CpuBackend {
     }
 
     fn warmup(&mut self) -> Result<WarmupReport, BackendError> {
-        // One short prefill and one decode touch every weight and every code path once.
-        let start = Instant::now();
         let bs = self.ops.block_size();
-        let prompt: Vec<u32> = (0..8).map(|i| 2 + i).collect();
-        self.execute(&StepPlan::single(prompt, 0, vec![0], LogitsWanted::Last))?;
-        self.execute(&StepPlan::single(vec![2], 8.min(bs - 1), vec![0], LogitsWanted::Last))?;
-        Ok(WarmupReport { steps: 2, seconds: start.elapsed().as_secs_f64() })
+        crate::warmup_steps(self, bs)
     }
 
     fn execute(&mut self, step: &StepPlan) -> Result<StepOutput, BackendError> {
+        crate::check_step(step, &self.caps, self.ops.block_size(), self.ops.num_blocks())?;
         let caps = &self.caps;
-        if step.tokens.len() > caps.max_batch_tokens {
-            return Err(BackendError::TooManyTokens { tokens: step.tokens.len(), max: caps.max_batch_tokens });
-        }
-        step.validate(self.ops.block_size(), self.ops.num_blocks(), caps.max_context, caps.vocab_size)?;
         let logits = self.model.forward(&mut self.ops, step)?;
-        Ok(StepOutput { logits: logits.data, vocab: caps.vocab_size })
+        let vocab = caps.vocab_size;
+        let (keep, greedy) = split_greedy(step);
+        if greedy.is_empty() {
+            return Ok(StepOutput { logits: logits.data, vocab, greedy: Vec::new() });
+        }
+        let row = |r: usize| &logits.data[r * vocab..(r + 1) * vocab];
+        let greedy = greedy.iter().map(|&r| argmax(row(r))).collect();
+        let kept = keep.iter().flat_map(|&r| row(r).iter().copied()).collect();
+        Ok(StepOutput { logits: kept, vocab, greedy })
     }
 }

@@ -91,6 +91,8 @@ pub struct CpuOps {
     rope_cache: Vec<RopeEntry>,
     /// Per-op wall time while profiling is on.
     profile: Option<BTreeMap<String, (Duration, u64)>>,
+    /// Load matrices as f32 (see [`CpuOps::set_exact_matmul`]).
+    exact_matmul: bool,
 }
 
 fn shape_err(what: &str, detail: String) -> BackendError {
@@ -109,7 +111,13 @@ impl CpuOps {
             attn: AttnScratch::default(),
             rope_cache: Vec::new(),
             profile: None,
+            exact_matmul: false,
         }
+    }
+
+    /// Matrices loaded from now on are dequantized to f32 and multiplied exactly (a reference mode).
+    pub fn set_exact_matmul(&mut self, on: bool) {
+        self.exact_matmul = on;
     }
 
     /// Starts (or, with `false`, stops) recording wall time per op; see [`CpuOps::take_profile`].
@@ -198,7 +206,7 @@ impl Ops for CpuOps {
             Some(rest) => rest.split_once('.').map_or(rest, |(_, op)| op).to_string(),
             None => base.to_string(),
         };
-        let data = if matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        let data = if self.exact_matmul || matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             let (out, k) = t.shape().dims2().map_err(|e| shape_err(name, e.to_string()))?;
             let w = t
                 .dequantize(&candle_core::Device::Cpu)
@@ -290,9 +298,18 @@ impl Ops for CpuOps {
         let half = d / 2;
         let table = self.rope_table(positions, p);
         let cols = x.cols;
+        let interleaved = p.interleaved;
         x.data.par_chunks_mut(cols).zip(table.par_chunks(2 * half)).for_each(|(row, cs)| {
             let (cos, sin) = cs.split_at(half);
             for head in row.chunks_mut(d) {
+                if interleaved {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cos[i] - x1 * sin[i];
+                        pair[1] = x0 * sin[i] + x1 * cos[i];
+                    }
+                    continue;
+                }
                 let (a, b) = head.split_at_mut(half);
                 for i in 0..half {
                     let (x0, x1) = (a[i], b[i]);
@@ -321,6 +338,44 @@ impl Ops for CpuOps {
         );
         self.record(t0, || "gelu_mul".into());
         Ok(CpuAct::new(data, gate.rows, gate.cols))
+    }
+
+    fn silu_mul(&mut self, gate: &CpuAct, up: &CpuAct) -> OpResult<CpuAct> {
+        let t0 = self.start();
+        if gate.rows != up.rows || gate.cols != up.cols {
+            return Err(shape_err("silu_mul", format!("{}x{} vs {}x{}", gate.rows, gate.cols, up.rows, up.cols)));
+        }
+        let mut data = vec![0f32; gate.data.len()];
+        let chunk = 4096;
+        data.par_chunks_mut(chunk).zip(gate.data.par_chunks(chunk)).zip(up.data.par_chunks(chunk)).for_each(
+            |((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + fastmath::exp(-g)) * u;
+                }
+            },
+        );
+        self.record(t0, || "silu_mul".into());
+        Ok(CpuAct::new(data, gate.rows, gate.cols))
+    }
+
+    fn add(&mut self, acc: &mut CpuAct, x: &CpuAct) -> OpResult<()> {
+        if acc.rows != x.rows || acc.cols != x.cols {
+            return Err(shape_err("add", format!("{}x{} += {}x{}", acc.rows, acc.cols, x.rows, x.cols)));
+        }
+        let t0 = self.start();
+        acc.data.par_chunks_mut(4096).zip(x.data.par_chunks(4096)).for_each(|(a, x)| {
+            a.iter_mut().zip(x).for_each(|(a, x)| *a += x);
+        });
+        self.record(t0, || "add".into());
+        Ok(())
+    }
+
+    fn add_bias(&mut self, x: &mut CpuAct, b: &Vec<f32>) -> OpResult<()> {
+        if b.len() != x.cols {
+            return Err(shape_err("add_bias", format!("{} columns, bias of {}", x.cols, b.len())));
+        }
+        x.data.chunks_exact_mut(x.cols).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+        Ok(())
     }
 
     fn attention(&mut self, q: &CpuAct, k: &CpuAct, v: &CpuAct, step: &StepPlan, p: &AttnParams) -> OpResult<CpuAct> {
