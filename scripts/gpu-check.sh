@@ -5,7 +5,8 @@
 #                                       # (git-ignored), split the default model into carryable chunks
 #   [HEARTH_BENCH_ARGS=--profile] bash scripts/gpu-check.sh run [PHASE…]  # there: kernels (kernel-vs-CPU tests), greedy (Gemma 3
 #                                       # 270M vs the CPU backend), bench (CUDA benchmark), anchor
-#                                       # (PyTorch ceilings); default all. Logs and JSON under $OUT
+#                                       # (PyTorch ceilings); default all; `probe` (attention alone
+#                                       # + Nsight Compute) on request. Logs and JSON under $OUT
 #                                       # (else .dev/out); a short table last
 #
 # The device takes at most 64 MiB per call, so the model travels in `.dev/model/part.*` chunks of
@@ -91,6 +92,20 @@ run() {
     elif [ -n "$gemma" ]; then
         echo "== benchmark (Gemma 3 270M only)"
         timeout 120 /tmp/hearth-gpu/cuda_bench --skip-llama --gemma --json "$out/bench-gemma.json" 2>&1 | tee "$out/bench.log"
+    fi
+    if [[ " $PHASES " == *" probe "* ]]; then
+        # Not in the default set: the attention op alone, then Nsight Compute on its decode-b64 and
+        # prefill launches (the probe runs 23 launches per case: 3 warm-ups, 20 timed).
+        echo "== attention probe"
+        timeout 120 /tmp/hearth-gpu/cuda_bench --attention-probe 2>&1 | tee "$out/probe.log"
+        if command -v ncu > /dev/null; then
+            for skip in 23 69; do
+                timeout 150 ncu --kernel-name regex:attention_f32 --launch-skip $skip --launch-count 1 \
+                    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                    --section MemoryWorkloadAnalysis /tmp/hearth-gpu/cuda_bench --attention-probe > "$out/ncu-$skip.txt" 2>&1
+                grep -E 'Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Compute \(SM\)|L1/TEX Hit|L2 Hit|Grid Size' "$out/ncu-$skip.txt" | head -40
+            done
+        fi
     fi
     if has anchor && [ -f /tmp/hearth-gpu/gpu-anchor.py ]; then
         echo "== PyTorch anchors"

@@ -160,10 +160,10 @@ pub struct StepOutput {
 
 /// Index of the largest value (the first on ties; NaN never wins), as greedy sampling picks.
 pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
+    let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
     for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+        if v > best_v {
+            (best, best_v) = (i, v);
         }
     }
     best as u32
@@ -182,6 +182,15 @@ impl StepOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_never_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 2, "NaN in front never wins");
+        assert_eq!(argmax(&[0.5, f32::NAN, 0.25]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
 
     fn plan() -> StepPlan {
         let mut p = StepPlan::default();

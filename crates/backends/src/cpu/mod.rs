@@ -66,6 +66,9 @@ impl CpuBackend {
         weights: impl FnOnce(&mut CpuOps, &ArchConfig) -> Result<Model<CpuOps>, ModelError>,
     ) -> Result<Self, ModelError> {
         let spec = config.kv_spec();
+        if opts.block_size == 0 {
+            return Err(BackendError::Unavailable("KV block size must be at least 1 token".into()).into());
+        }
         let num_blocks = opts.kv_cache_bytes / (spec.bytes_per_token(2) * opts.block_size);
         if num_blocks == 0 {
             return Err(BackendError::Unavailable(format!(

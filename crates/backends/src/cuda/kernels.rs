@@ -169,7 +169,7 @@ mod tests {
         for (file, src, entries) in SOURCES {
             for e in *entries {
                 let defined = match e.strip_prefix("attention_f32_g").and_then(|r| r.split_once("_d")) {
-                    Some((g, d)) => src.contains(&format!("ATTN_ENTRY({g}, {d})")),
+                    Some((g, d)) => src.contains(&format!("ATTN_ENTRY({g}, {d},")),
                     None => src.contains(&format!("void {e}(")),
                 };
                 assert!(defined, "{e} is not defined in kernels/{file}");

@@ -64,14 +64,10 @@ pub struct CudaBackend {
     graphs: Graphs,
 }
 
-/// Captured decode graphs and what they write.
+/// A captured decode graph and its input buffers.
 struct Captured {
     graph: SendGraph,
     inputs: graph::GraphInputs,
-    /// `rows × vocab` logits of the last replay.
-    logits: cudarc::driver::CudaSlice<f32>,
-    /// Argmax of each row of `logits`.
-    ids: cudarc::driver::CudaSlice<u32>,
 }
 
 /// A captured graph that may move between threads with its backend.
@@ -82,16 +78,28 @@ struct SendGraph(cudarc::driver::CudaGraph);
 // time: it is `Send`, not `Sync`.
 unsafe impl Send for SendGraph {}
 
+/// Where every graph writes its results (graphs never run at once, so they share it).
+struct GraphOut {
+    rows: usize,
+    /// `rows × vocab` logits of the last replay.
+    logits: cudarc::driver::CudaSlice<f32>,
+    /// Argmax of each row of `logits`.
+    ids: cudarc::driver::CudaSlice<u32>,
+}
+
 struct Graphs {
     enabled: bool,
     max_rows: usize,
     captured: std::collections::HashMap<graph::GraphKey, Captured>,
-    /// Keys whose capture failed: they run kernel by kernel.
+    /// Keys whose capture or launch failed: they run kernel by kernel.
     failed: std::collections::HashSet<graph::GraphKey>,
+    out: Option<GraphOut>,
+    /// The ops' buffer generation the captured graphs were recorded against.
+    generation: u64,
     host: graph::HostInputs,
 }
 
-/// Most graphs kept (each holds a `rows × vocab` logits buffer and its own intermediates).
+/// Most graphs kept (each holds its input buffers and its own intermediates).
 const MAX_GRAPHS: usize = 48;
 
 impl std::fmt::Debug for CudaBackend {
@@ -102,7 +110,7 @@ impl std::fmt::Debug for CudaBackend {
 
 /// KV blocks that fit `bytes` (f16 K and V over all layers).
 pub fn kv_blocks(config: &ArchConfig, bytes: usize, block_size: usize) -> usize {
-    bytes / (config.kv_spec().bytes_per_token(2) * block_size)
+    bytes.checked_div(config.kv_spec().bytes_per_token(2) * block_size).unwrap_or(0)
 }
 
 impl CudaBackend {
@@ -124,6 +132,9 @@ impl CudaBackend {
         dtype: GemmDtype,
         weights: impl FnOnce(&mut CudaOps, &ArchConfig) -> Result<Model<CudaOps>, ModelError>,
     ) -> Result<Self, ModelError> {
+        if opts.block_size == 0 {
+            return Err(BackendError::Unavailable("KV block size must be at least 1 token".into()).into());
+        }
         let num_blocks = kv_blocks(&config, opts.kv_cache_bytes, opts.block_size);
         if num_blocks == 0 {
             return Err(BackendError::Unavailable(format!(
@@ -148,6 +159,8 @@ impl CudaBackend {
             max_rows: opts.max_graph_batch,
             captured: Default::default(),
             failed: Default::default(),
+            out: None,
+            generation: 0,
             host: Default::default(),
         };
         Ok(CudaBackend { ops, model, caps, config, graphs })
@@ -174,38 +187,54 @@ impl CudaBackend {
     /// Captures the graph for `key`: runs the step once kernel by kernel on the static inputs
     /// (sizing every scratch buffer), then records it.
     fn capture(&mut self, key: graph::GraphKey) -> Result<Captured, BackendError> {
-        let ops = &mut self.ops;
         let vocab = self.caps.vocab_size;
+        let stream = self.ops.stream().clone();
+        if self.graphs.out.as_ref().is_none_or(|o| o.rows < key.rows) {
+            // A bigger output buffer: graphs recorded against the old one must go.
+            self.graphs.captured.clear();
+            self.graphs.out = None;
+            let logits = stream.alloc_zeros::<f32>(key.rows * vocab).map_err(cuda_err("graph output"))?;
+            let ids = stream.alloc_zeros::<u32>(key.rows).map_err(cuda_err("graph output"))?;
+            self.graphs.out = Some(GraphOut { rows: key.rows, logits, ids });
+        }
+        let ops = &mut self.ops;
         let scratch = ops.scratch_block();
         let plan = graph::HostInputs::capture_plan(key, scratch);
         let mut inputs = ops.graph_inputs(key)?;
         let mut host = graph::HostInputs::default();
         host.fill(&plan, key, ops.block_size(), scratch);
         ops.write_graph_inputs(&mut inputs, &host)?;
-        let stream = ops.stream().clone();
-        let mut logits = stream.alloc_zeros::<f32>(key.rows * vocab).map_err(cuda_err("graph output"))?;
-        let mut ids = stream.alloc_zeros::<u32>(key.rows).map_err(cuda_err("graph output"))?;
         ops.bind(inputs);
+        let generation = ops.buffers_generation();
         let warm = self.model.forward(ops, &plan).map(drop);
+        if ops.buffers_generation() != generation {
+            // The warm-up grew a scratch buffer: older graphs point at the freed one.
+            self.graphs.captured.clear();
+        }
+        self.graphs.generation = ops.buffers_generation();
+        let out = self.graphs.out.as_mut().expect("graph output allocated above. This is a bug.");
         let recorded = warm.and_then(|()| {
             stream
                 .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(cuda_err("begin capture"))?;
-            let run = self.model.forward(ops, &plan).and_then(|out| {
-                ops.copy_into(&out, &mut logits)?;
-                ops.argmax_into(&out, &mut ids)
+            let run = self.model.forward(ops, &plan).and_then(|logits| {
+                ops.copy_into(&logits, &mut out.logits)?;
+                ops.argmax_into(&logits, &mut out.ids)
             });
-            // End the capture whatever happened, so the stream is usable again.
+            // Errors recorded while capturing (by frees in drop) would make cudarc's end_capture
+            // return early and leave the stream capturing: take them first, then always end it.
+            let pending = stream.context().check_err();
             let graph = stream
                 .end_capture(
                     cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
                 )
                 .map_err(cuda_err("end capture"));
             run?;
+            pending.map_err(cuda_err("capture"))?;
             graph?.ok_or_else(|| BackendError::Internal("CUDA graph capture recorded nothing".into()))
         });
         let inputs = ops.unbind().expect("graph inputs were bound above. This is a bug.");
-        Ok(Captured { graph: SendGraph(recorded?), inputs, logits, ids })
+        Ok(Captured { graph: SendGraph(recorded?), inputs })
     }
 
     /// Runs a decode step by replaying its graph; `None` when the step does not qualify or its
@@ -215,6 +244,11 @@ impl CudaBackend {
         let Some(key) = graph::graph_key(step, g.max_rows).filter(|_| g.enabled) else { return Ok(None) };
         if g.failed.contains(&key) {
             return Ok(None);
+        }
+        if g.generation != self.ops.buffers_generation() {
+            // An eager step replaced a buffer the graphs point at: record them again.
+            g.captured.clear();
+            g.generation = self.ops.buffers_generation();
         }
         if !g.captured.contains_key(&key) {
             if g.captured.len() >= MAX_GRAPHS {
@@ -238,22 +272,32 @@ impl CudaBackend {
         let c = g.captured.get_mut(&key).expect("captured above. This is a bug.");
         g.host.fill(step, key, bs, scratch);
         self.ops.write_graph_inputs(&mut c.inputs, &g.host)?;
-        c.graph.0.launch().map_err(cuda_err("graph launch"))?;
+        if let Err(e) = c.graph.0.launch() {
+            g.captured.remove(&key);
+            g.failed.insert(key);
+            return Err(BackendError::Internal(format!("CUDA graph launch: {e}")));
+        }
         self.ops.forget_gemm_input();
+        let out = g.out.as_ref().expect("a captured graph has its output buffer. This is a bug.");
         let stream = self.ops.stream();
         let vocab = self.caps.vocab_size;
-        let all_ids = stream.clone_dtoh(&c.ids).map_err(cuda_err("copy to host"))?;
-        let mut out = StepOutput { logits: Vec::new(), vocab, greedy: Vec::new() };
+        let n = step.seqs.len();
+        let ids = stream.clone_dtoh(&out.ids.slice(..n)).map_err(cuda_err("copy to host"))?;
+        let any_logits = step.seqs.iter().any(|s| s.logits != LogitsWanted::Greedy);
+        let rows = if any_logits {
+            stream.clone_dtoh(&out.logits.slice(..n * vocab)).map_err(cuda_err("copy to host"))?
+        } else {
+            Vec::new()
+        };
+        let mut res = StepOutput { logits: Vec::new(), vocab, greedy: Vec::new() };
         for (r, s) in step.seqs.iter().enumerate() {
             if s.logits == LogitsWanted::Greedy {
-                out.greedy.push(all_ids[r]);
+                res.greedy.push(ids[r]);
             } else {
-                let row =
-                    stream.clone_dtoh(&c.logits.slice(r * vocab..(r + 1) * vocab)).map_err(cuda_err("copy to host"))?;
-                out.logits.extend_from_slice(&row);
+                res.logits.extend_from_slice(&rows[r * vocab..(r + 1) * vocab]);
             }
         }
-        Ok(Some(out))
+        Ok(Some(res))
     }
 }
 

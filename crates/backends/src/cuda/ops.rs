@@ -177,6 +177,8 @@ pub struct CudaOps {
     gemm_in: Option<CudaSlice<u16>>,
     /// Id of the activation `gemm_in` holds.
     gemm_in_of: Option<u64>,
+    /// Bumped whenever a buffer that captured graphs point at is replaced.
+    buffers_generation: u64,
     layout: Option<DeviceLayout>,
     scratch_layout: StepLayout,
     /// Positions last uploaded for RoPE.
@@ -220,6 +222,11 @@ impl CudaOps {
         num_blocks: usize,
         dtype: GemmDtype,
     ) -> Result<Self, BackendError> {
+        if block_size == 0 || (num_blocks + 1).checked_mul(block_size).is_none_or(|t| t > u32::MAX as usize) {
+            return Err(BackendError::Unavailable(format!(
+                "{num_blocks} KV blocks of {block_size} tokens: slots must be addressable by u32"
+            )));
+        }
         if !spec.head_dim.is_multiple_of(32) || spec.head_dim > ATTN_MAX_HEAD_DIM {
             return Err(BackendError::Unavailable(format!(
                 "CUDA attention needs head_dim a multiple of 32 up to {ATTN_MAX_HEAD_DIM}, not {}",
@@ -249,6 +256,7 @@ impl CudaOps {
             kv,
             gemm_in: None,
             gemm_in_of: None,
+            buffers_generation: 0,
             layout: None,
             scratch_layout: StepLayout::default(),
             rope_pos: None,
@@ -307,6 +315,10 @@ impl CudaOps {
     }
 
     fn timer(&self, label: impl FnOnce() -> String) -> Option<OpTimer> {
+        // Never while recording a graph: draining the stream would invalidate the capture.
+        if self.bound.is_some() {
+            return None;
+        }
         let sink = self.profile.clone()?;
         self.gpu.stream.synchronize().ok()?;
         Some(OpTimer { stream: self.gpu.stream.clone(), start: std::time::Instant::now(), label: label(), sink })
@@ -350,6 +362,11 @@ impl CudaOps {
 
     pub(super) fn unbind(&mut self) -> Option<GraphInputs> {
         self.bound.take()
+    }
+
+    /// Changes whenever a persistent scratch buffer is replaced (graphs captured before are stale).
+    pub(super) fn buffers_generation(&self) -> u64 {
+        self.buffers_generation
     }
 
     /// A graph replay overwrote the GEMM input buffer: forget whose copy it held.
@@ -507,6 +524,8 @@ impl Ops for CudaOps {
             if self.gemm_in.as_ref().is_none_or(|b| b.len() < n) {
                 self.gemm_in = Some(stream.alloc_zeros::<u16>(n).map_err(drv("allocation"))?);
                 self.gemm_in_of = None;
+                // Captured graphs hold the old buffer's address: they must be captured again.
+                self.buffers_generation += 1;
             }
             let gemm_in = self.gemm_in.as_mut().expect("gemm input buffer was just allocated. This is a bug.");
             if self.gemm_in_of != Some(x.id) {
@@ -701,6 +720,7 @@ impl Ops for CudaOps {
             || p.layer >= self.kv.len()
             || p.n_kv_heads == 0
             || !p.n_heads.is_multiple_of(p.n_kv_heads)
+            || !d.is_multiple_of(32)
             || attention_kernel(p.n_heads / p.n_kv_heads, d).is_none()
         {
             return Err(shape_err(
