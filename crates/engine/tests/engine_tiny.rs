@@ -166,3 +166,74 @@ fn backend_fault_fails_that_step_only_and_frees_blocks() {
     let (tokens, f) = h.submit(req).unwrap().collect_blocking();
     assert_eq!((tokens.len(), f.reason), (10, FinishReason::Length), "the engine keeps serving");
 }
+
+/// A backend that records what each sampled sequence asked for.
+struct Recording {
+    inner: CpuBackend,
+    wanted: std::sync::Arc<std::sync::Mutex<Vec<hearth_core::LogitsWanted>>>,
+}
+
+impl hearth_core::Backend for Recording {
+    fn caps(&self) -> &hearth_core::BackendCaps {
+        self.inner.caps()
+    }
+    fn warmup(&mut self) -> Result<hearth_core::WarmupReport, hearth_core::BackendError> {
+        self.inner.warmup()
+    }
+    fn execute(&mut self, step: &hearth_core::StepPlan) -> Result<hearth_core::StepOutput, hearth_core::BackendError> {
+        let mut w = self.wanted.lock().unwrap();
+        w.extend(step.seqs.iter().map(|s| s.logits).filter(|l| *l != hearth_core::LogitsWanted::None));
+        drop(w);
+        self.inner.execute(step)
+    }
+}
+
+/// The engine asks the backend for the argmax only (`Greedy`) for plain-greedy requests past their
+/// min_tokens, and for the logits row otherwise (sampling, logprobs, penalties, min_tokens); the
+/// tokens are those of an all-logits run.
+#[test]
+fn plain_greedy_requests_take_the_argmax_from_the_backend() {
+    let spec = TinySpec::default();
+    let path = std::env::temp_dir().join(format!("hearth-engine-greedy-{}.gguf", std::process::id()));
+    write_tiny_gguf(&path, "gemma3", &spec, &tiny_gemma3_weights(&spec, 9), GgmlDType::Q8_0).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let opts = CpuOptions { block_size: 4, kv_cache_bytes: 1024 * TOK, max_batch_tokens: 256, exact_matmul: false };
+    let inner = CpuBackend::load(&g, &opts).unwrap();
+    let reference = CpuBackend::load(&g, &opts).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let wanted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (h, _t) = Engine::spawn(Recording { inner, wanted: wanted.clone() }, EngineConfig::default(), None);
+    let greedy = GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(prompt(7, 2), 6) };
+    let (tokens, _) = h.submit(greedy.clone()).unwrap().collect_blocking();
+    {
+        let w = wanted.lock().unwrap();
+        assert_eq!(w.len(), 6, "one sampled row per generated token");
+        assert!(w.iter().all(|l| *l == hearth_core::LogitsWanted::Greedy), "{w:?}");
+    }
+    // The same request through a backend that always returns rows (the engine on the plain CPU
+    // backend decides per request; here every request wants logits because it asks for logprobs).
+    let (h2, _t2) = Engine::spawn(reference, EngineConfig::default(), None);
+    let with_logprobs =
+        GenerateRequest { sampling: SamplingParams { logprobs: true, ..SamplingParams::default() }, ..greedy.clone() };
+    let (tokens_lp, _) = h2.submit(with_logprobs.clone()).unwrap().collect_blocking();
+    let ids = |t: &[hearth_engine::TokenOut]| t.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(&tokens), ids(&tokens_lp), "argmax on the backend == argmax of the row");
+    assert!(tokens_lp.iter().all(|t| t.logprob.is_some()));
+
+    wanted.lock().unwrap().clear();
+    let _ = h.submit(with_logprobs).unwrap().collect_blocking();
+    let sampled = GenerateRequest {
+        sampling: SamplingParams { temperature: 0.7, seed: 3, ..SamplingParams::default() },
+        ..greedy.clone()
+    };
+    let _ = h.submit(sampled).unwrap().collect_blocking();
+    let min_tokens = GenerateRequest { min_tokens: 3, ..greedy };
+    let _ = h.submit(min_tokens).unwrap().collect_blocking();
+    let w = wanted.lock().unwrap();
+    let (greedy_rows, last_rows) = (
+        w.iter().filter(|l| **l == hearth_core::LogitsWanted::Greedy).count(),
+        w.iter().filter(|l| **l == hearth_core::LogitsWanted::Last).count(),
+    );
+    // logprobs: 6 Last; sampling: 6 Last; min_tokens 3: 3 Last then 3 Greedy.
+    assert_eq!((last_rows, greedy_rows), (15, 3), "{w:?}");
+}
