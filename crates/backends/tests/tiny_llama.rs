@@ -1,7 +1,8 @@
 //! Tiny seeded Llama and Qwen2 models against candle-transformers' implementations (written from
 //! the Hugging Face reference; nobody here wrote them). The same seeded weights go to candle under
-//! their Hugging Face names and to hearth as a GGUF file laid out as llama.cpp's converter does
-//! (Llama q/k rows permuted for adjacent-pair RoPE; Qwen2 unpermuted, NeoX RoPE, q/k/v biases).
+//! their Hugging Face names and to hearth twice: as a GGUF file laid out as llama.cpp's converter
+//! does (Llama q/k rows permuted for adjacent-pair RoPE; Qwen2 unpermuted, NeoX RoPE, q/k/v biases),
+//! and as a Hugging Face checkpoint folder (config.json + safetensors, sharded for Llama).
 //!
 //! Tolerance: hearth keeps K/V in f16 and rounds q to f16 before attention, so logits may differ
 //! from candle's all-f32 path; measured about 1e-4 relative to the largest logit, the bound is 2e-3.
@@ -125,6 +126,47 @@ fn hearth_logits(path: &std::path::Path, prompt: &[u32], feed: &[u32]) -> Vec<Ve
     out
 }
 
+/// Logits of hearth's CPU backend on a Hugging Face checkpoint folder.
+fn hearth_logits_safetensors(dir: &std::path::Path, prompt: &[u32], feed: &[u32]) -> Vec<Vec<f32>> {
+    let d = hearth_models::SafetensorsDir::open(dir).unwrap();
+    let mut b =
+        CpuBackend::load_safetensors(&d, &CpuOptions { kv_cache_bytes: 1 << 20, ..CpuOptions::default() }).unwrap();
+    let table: Vec<u32> = (0..8).collect();
+    let mut out =
+        vec![b.execute(&StepPlan::single(prompt.to_vec(), 0, table.clone(), LogitsWanted::Last)).unwrap().logits];
+    for (ctx, &t) in (prompt.len()..).zip(feed) {
+        out.push(b.execute(&StepPlan::single(vec![t], ctx, table.clone(), LogitsWanted::Last)).unwrap().logits);
+    }
+    out
+}
+
+/// Writes `config` and the tensors as a Hugging Face checkpoint folder (sharded in two files with
+/// an index when `sharded`).
+fn write_checkpoint(
+    dir: &std::path::Path,
+    config: &serde_json::Value,
+    hf: &[(String, Vec<usize>, Vec<f32>)],
+    sharded: bool,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+    if !sharded {
+        hearth_models::safetensors::write_f32(&dir.join("model.safetensors"), hf).unwrap();
+        return;
+    }
+    let (a, b) = hf.split_at(hf.len() / 2);
+    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    hearth_models::safetensors::write_f32(&dir.join(names[0]), a).unwrap();
+    hearth_models::safetensors::write_f32(&dir.join(names[1]), b).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), names[0].into()))
+        .chain(b.iter().map(|t| (t.0.clone(), names[1].into())))
+        .collect();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
 fn compare(what: &str, theirs: &[Vec<f32>], ours: &[Vec<f32>]) {
     for (i, (a, b)) in theirs.iter().zip(ours).enumerate() {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -176,13 +218,14 @@ const PROMPT: [u32; 11] = [1, 17, 42, 5, 63, 8, 8, 23, 71, 2, 40];
 fn tiny_llama_matches_candle_transformers() {
     let s = spec();
     let hf = hf_weights(&s, false, 11);
-    let cfg: llama::LlamaConfig = serde_json::from_value(serde_json::json!({
+    let json = serde_json::json!({
+        "model_type": "llama",
         "hidden_size": s.hidden, "intermediate_size": s.ffn, "vocab_size": s.vocab,
         "num_hidden_layers": s.layers, "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
         "rms_norm_eps": 1e-6, "rope_theta": s.rope_base, "max_position_embeddings": s.context,
         "tie_word_embeddings": false
-    }))
-    .unwrap();
+    });
+    let cfg: llama::LlamaConfig = serde_json::from_value(json.clone()).unwrap();
     let cfg = cfg.into_config(false);
     let model = llama::Llama::load(var_builder(&hf), &cfg).unwrap();
     let mut cache = llama::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
@@ -199,6 +242,9 @@ fn tiny_llama_matches_candle_transformers() {
     let dir = tempdir("llama");
     let ours = hearth_logits(&write(&dir, "llama", &s, &hf), &PROMPT, &feed);
     compare("llama", &theirs, &ours);
+    // The same weights as a Hugging Face checkpoint (unpermuted q/k, NeoX RoPE), in two shards.
+    write_checkpoint(&dir.join("hf"), &json, &hf, true);
+    compare("llama safetensors", &theirs, &hearth_logits_safetensors(&dir.join("hf"), &PROMPT, &feed));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -206,14 +252,15 @@ fn tiny_llama_matches_candle_transformers() {
 fn tiny_qwen2_matches_candle_transformers() {
     let s = spec();
     let hf = hf_weights(&s, true, 12);
-    let cfg: qwen2::Config = serde_json::from_value(serde_json::json!({
+    let json = serde_json::json!({
+        "model_type": "qwen2",
         "vocab_size": s.vocab, "hidden_size": s.hidden, "intermediate_size": s.ffn,
         "num_hidden_layers": s.layers, "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
         "max_position_embeddings": s.context, "sliding_window": s.context, "max_window_layers": s.layers,
         "tie_word_embeddings": false, "rope_theta": s.rope_base as f64, "rms_norm_eps": 1e-6,
         "use_sliding_window": false, "hidden_act": "silu"
-    }))
-    .unwrap();
+    });
+    let cfg: qwen2::Config = serde_json::from_value(json.clone()).unwrap();
     let mut model = qwen2::ModelForCausalLM::new(&cfg, var_builder(&hf)).unwrap();
     let logits = |m: &mut qwen2::ModelForCausalLM, ids: &[u32], off: usize| -> Vec<f32> {
         let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
@@ -229,5 +276,7 @@ fn tiny_qwen2_matches_candle_transformers() {
     let dir = tempdir("qwen2");
     let ours = hearth_logits(&write(&dir, "qwen2", &s, &hf), &PROMPT, &feed);
     compare("qwen2", &theirs, &ours);
+    write_checkpoint(&dir.join("hf"), &json, &hf, false);
+    compare("qwen2 safetensors", &theirs, &hearth_logits_safetensors(&dir.join("hf"), &PROMPT, &feed));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use hearth_backends::cuda::GemmDtype;
 use hearth_backends::{CpuBackend, CudaBackend, CudaOptions, cuda};
 use hearth_core::Backend;
-use hearth_models::{ArchConfig, Tokenizer};
+use hearth_models::{ArchConfig, SafetensorsDir, Tokenizer};
 
 use crate::engine_args::EngineArgs;
 use crate::models::ModelArgs;
@@ -85,6 +85,16 @@ pub fn load(b: &BackendArgs, model: &ModelArgs, engine: &EngineArgs) -> anyhow::
                 Box::new(CudaBackend::dummy(arch.clone(), &cuda_options(b, engine, &arch), b.dummy_seed)?)
             }
             _ => Box::new(CpuBackend::dummy(arch.clone(), &engine.cpu_options(&arch), b.dummy_seed)?),
+        };
+        return Ok(Loaded { backend, tokenizer: None });
+    }
+    if let Some(dir) = model.model_path.as_ref().filter(|p| p.is_dir()) {
+        // A Hugging Face checkpoint folder (Llama family). Its tokenizer.json is not read yet.
+        let st = SafetensorsDir::open(dir)?;
+        let arch = ArchConfig::from_hf_dir(dir)?;
+        let backend: Box<dyn Backend> = match kind {
+            BackendKind::Cuda => Box::new(CudaBackend::load_safetensors(&st, &cuda_options(b, engine, &arch))?),
+            _ => Box::new(CpuBackend::load_safetensors(&st, &engine.cpu_options(&arch))?),
         };
         return Ok(Loaded { backend, tokenizer: None });
     }

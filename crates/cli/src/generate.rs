@@ -85,7 +85,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prompt = match (&args.prompt, &args.prompt_ids, &tok) {
         (_, Some(ids), _) => ids.clone(),
         (Some(text), None, Some(tok)) => tok.encode(text, true)?,
-        (Some(_), None, None) => anyhow::bail!("dummy weights have no tokenizer: give the prompt as --prompt-ids"),
+        (Some(_), None, None) => {
+            anyhow::bail!("this model has no tokenizer here (dummy weights, or a checkpoint folder): give --prompt-ids")
+        }
         (None, None, _) => anyhow::bail!("give --prompt or --prompt-ids"),
     };
     eprintln!(

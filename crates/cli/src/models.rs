@@ -13,7 +13,9 @@ pub struct ModelArgs {
     /// Model name from the manifests in `models/` (see `hearth models list`).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// A GGUF file to load instead of a named model (no checksum is known for it).
+    /// A GGUF file to load instead of a named model (no checksum is known for it), or a Hugging
+    /// Face checkpoint folder (config.json + *.safetensors, Llama family; its tokenizer is not read
+    /// yet, so give prompts as --prompt-ids).
     #[arg(long)]
     pub model_path: Option<PathBuf>,
     /// Where named models are stored.

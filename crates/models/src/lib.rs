@@ -10,6 +10,7 @@ pub mod gemma3;
 pub mod gguf;
 pub mod llama;
 pub mod ops;
+pub mod safetensors;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
@@ -21,6 +22,7 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;
 pub use llama::{Llama, LlamaConfig, LlamaFlavor};
 pub use ops::{AttnParams, KvSpec, Ops, RopeParams};
+pub use safetensors::SafetensorsDir;
 pub use tokenizer::Tokenizer;
 
 /// Architectures this build can run, by GGUF `general.architecture`.
@@ -37,6 +39,11 @@ impl ArchConfig {
             arch @ ("llama" | "qwen2") => Ok(ArchConfig::Llama(LlamaConfig::from_gguf(g, arch)?)),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
+    }
+
+    /// From a Hugging Face checkpoint folder's `config.json` (Llama-family), for real weights.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self> {
+        Ok(ArchConfig::Llama(LlamaConfig::from_hf_json(&dir.join("config.json"))?))
     }
 
     /// From a Hugging Face `config.json`, for dummy weights (Llama-family shapes).
@@ -96,6 +103,16 @@ impl<O: Ops> Model<O> {
         match cfg {
             ArchConfig::Gemma3(c) => Ok(Model::Gemma3(Gemma3::load(g, c.clone(), ops)?)),
             ArchConfig::Llama(c) => Ok(Model::Llama(Llama::load(g, c.clone(), ops)?)),
+        }
+    }
+
+    /// From a Hugging Face checkpoint (Llama family).
+    pub fn load_safetensors(d: &SafetensorsDir, cfg: &ArchConfig, ops: &mut O) -> Result<Self> {
+        match cfg {
+            ArchConfig::Llama(c) => Ok(Model::Llama(Llama::load_safetensors(d, c.clone(), ops)?)),
+            ArchConfig::Gemma3(_) => {
+                Err(ModelError::UnsupportedArchitecture("gemma3 from safetensors (use its GGUF file)".into()))
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use crate::dummy::tensor_seed;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::ops::{AttnParams, KvSpec, OpResult, Ops, RopeParams, logits_rows};
+use crate::safetensors::SafetensorsDir;
 
 /// Which member of the family: decides biases and the RoPE layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct LlamaConfig {
     pub qkv_bias: bool,
     /// The output head is the token embedding.
     pub tied_embeddings: bool,
+    /// Weights in Hugging Face's layout (q/k rows not permuted): NeoX RoPE for every flavor.
+    pub hf_layout: bool,
 }
 
 fn bad(path: &Path, reason: String) -> ModelError {
@@ -87,6 +90,7 @@ impl LlamaConfig {
             rope_base: if g.has(&key("rope.freq_base")) { g.get_f32(&key("rope.freq_base"))? } else { 10_000.0 },
             qkv_bias: g.tensor_names().any(|n| n == "blk.0.attn_q.bias"),
             tied_embeddings: !g.tensor_names().any(|n| n == "output.weight"),
+            hf_layout: false,
         };
         cfg.check().map_err(|r| bad(g.path(), r))?;
         Ok(cfg)
@@ -135,6 +139,7 @@ impl LlamaConfig {
             qkv_bias: flavor == LlamaFlavor::Qwen2
                 || v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(false),
             tied_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            hf_layout: true,
         };
         cfg.check().map_err(|r| bad(path, r))?;
         Ok(cfg)
@@ -171,7 +176,7 @@ impl LlamaConfig {
             head_dim: self.head_dim,
             base: self.rope_base,
             position_scale: 1.0,
-            interleaved: self.flavor == LlamaFlavor::Llama,
+            interleaved: self.flavor == LlamaFlavor::Llama && !self.hf_layout,
         }
     }
 
@@ -206,10 +211,38 @@ pub struct Llama<O: Ops> {
     final_norm: O::Vector,
 }
 
-/// Where weights come from: a GGUF file, or a seed.
+/// Where weights come from: a GGUF file, a Hugging Face checkpoint, or a seed.
 enum Source<'a> {
     Gguf(&'a GgufFile),
+    Safetensors(&'a SafetensorsDir),
     Dummy(u64),
+}
+
+/// The Hugging Face name of a tensor named the GGUF way (`blk.3.attn_q.weight`).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    Some(match gguf {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf.strip_prefix("blk.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let (op, kind) = rest.rsplit_once('.')?;
+            let op = match op {
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                "ffn_down" => "mlp.down_proj",
+                "attn_norm" => "input_layernorm",
+                "ffn_norm" => "post_attention_layernorm",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{op}.{kind}")
+        }
+    })
 }
 
 impl Source<'_> {
@@ -219,6 +252,11 @@ impl Source<'_> {
                 let t = g.tensor_with_shape(name, &[out, k])?;
                 Ok(ops.load_matrix(name, t)?)
             }
+            Source::Safetensors(d) => {
+                let hf = hf_name(name).expect("every tensor the model loads has a Hugging Face name. This is a bug.");
+                let w = d.tensor_f32(&hf, &[out, k])?;
+                Ok(ops.load_matrix_f32(name, w, out, k)?)
+            }
             Source::Dummy(seed) => Ok(ops.dummy_matrix(name, out, k, tensor_seed(*seed, name))?),
         }
     }
@@ -227,6 +265,10 @@ impl Source<'_> {
     fn vector<O: Ops>(&self, ops: &mut O, name: &str, len: usize, fill: f32) -> Result<O::Vector> {
         match self {
             Source::Gguf(g) => Ok(ops.load_vector(name, g.vector_f32(name, len)?)?),
+            Source::Safetensors(d) => {
+                let hf = hf_name(name).expect("every tensor the model loads has a Hugging Face name. This is a bug.");
+                Ok(ops.load_vector(name, d.tensor_f32(&hf, &[len])?)?)
+            }
             Source::Dummy(_) => Ok(ops.load_vector(name, vec![fill; len])?),
         }
     }
@@ -235,6 +277,11 @@ impl Source<'_> {
 impl<O: Ops> Llama<O> {
     pub fn load(g: &GgufFile, cfg: LlamaConfig, ops: &mut O) -> Result<Self> {
         Self::build(&Source::Gguf(g), cfg, ops)
+    }
+
+    /// From a Hugging Face checkpoint (`cfg` from its `config.json`).
+    pub fn load_safetensors(d: &SafetensorsDir, cfg: LlamaConfig, ops: &mut O) -> Result<Self> {
+        Self::build(&Source::Safetensors(d), cfg, ops)
     }
 
     /// Seeded random weights at the configured shapes.

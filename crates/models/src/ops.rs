@@ -67,6 +67,16 @@ pub trait Ops {
     fn load_matrix(&mut self, name: &str, t: QTensor) -> OpResult<Self::Matrix>;
     fn load_vector(&mut self, name: &str, v: Vec<f32>) -> OpResult<Self::Vector>;
 
+    /// A matrix `[out, k]` given in f32 (Hugging Face checkpoints). The default goes through an F32
+    /// `QTensor`; accelerators override it to convert straight to their format.
+    fn load_matrix_f32(&mut self, name: &str, w: Vec<f32>, out: usize, k: usize) -> OpResult<Self::Matrix> {
+        use candle_core::{Device, Tensor};
+        let t = Tensor::from_vec(w, (out, k), &Device::Cpu)
+            .and_then(|t| QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32))
+            .map_err(|e| BackendError::Internal(format!("{name}: {e}")))?;
+        self.load_matrix(name, t)
+    }
+
     /// A seeded random matrix `[out, k]` for performance work at real shapes (`--dummy-weights`):
     /// values uniform in `±1/√k`, so activations keep their scale through the layers. The default
     /// quantizes to Q8_0 (the CPU backend's fast path); accelerators override it to build their own

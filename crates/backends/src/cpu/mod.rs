@@ -11,7 +11,7 @@ pub mod qgemm;
 
 use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, StepOutput, StepPlan, WarmupReport, argmax};
 use hearth_models::ops::split_greedy;
-use hearth_models::{ArchConfig, GgufFile, Model, ModelError};
+use hearth_models::{ArchConfig, GgufFile, Model, ModelError, SafetensorsDir};
 
 pub use ops::{CpuAct, CpuMatrix, CpuOps, OpProfile};
 pub use qgemm::Isa;
@@ -53,6 +53,12 @@ impl CpuBackend {
     pub fn load(g: &GgufFile, opts: &CpuOptions) -> Result<Self, ModelError> {
         let config = ArchConfig::from_gguf(g)?;
         Self::build(config, opts, |ops, cfg| Model::load(g, cfg, ops))
+    }
+
+    /// A Hugging Face checkpoint (Llama family; weights kept in f32).
+    pub fn load_safetensors(d: &SafetensorsDir, opts: &CpuOptions) -> Result<Self, ModelError> {
+        let config = ArchConfig::from_hf_dir(d.dir())?;
+        Self::build(config, opts, |ops, cfg| Model::load_safetensors(d, cfg, ops))
     }
 
     /// Seeded random weights (Q8_0) at the configuration's shapes, for performance work.

@@ -16,7 +16,7 @@ pub mod ops;
 
 use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, LogitsWanted, StepOutput, StepPlan, WarmupReport};
 use hearth_models::ops::split_greedy;
-use hearth_models::{ArchConfig, GgufFile, Model, ModelError, Ops};
+use hearth_models::{ArchConfig, GgufFile, Model, ModelError, Ops, SafetensorsDir};
 
 pub use device::{Gpu, free_memory, libraries, unavailable_reason};
 pub use ops::{CudaAct, CudaMatrix, CudaOps, GemmDtype};
@@ -118,6 +118,13 @@ impl CudaBackend {
         let config = ArchConfig::from_gguf(g)?;
         let dtype = opts.dtype.unwrap_or(GemmDtype::F16);
         Self::build(config, opts, dtype, |ops, cfg| Model::load(g, cfg, ops))
+    }
+
+    /// A Hugging Face checkpoint (Llama family), bf16 on the device unless `opts.dtype` says otherwise.
+    pub fn load_safetensors(d: &SafetensorsDir, opts: &CudaOptions) -> Result<Self, ModelError> {
+        let config = ArchConfig::from_hf_dir(d.dir())?;
+        let dtype = opts.dtype.unwrap_or(GemmDtype::Bf16);
+        Self::build(config, opts, dtype, |ops, cfg| Model::load_safetensors(d, cfg, ops))
     }
 
     /// Seeded random bf16 weights at the configuration's shapes, for performance work.

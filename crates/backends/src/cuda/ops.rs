@@ -462,6 +462,10 @@ impl Ops for CudaOps {
         self.load_weights(name, &w, out, k)
     }
 
+    fn load_matrix_f32(&mut self, name: &str, w: Vec<f32>, out: usize, k: usize) -> OpResult<CudaMatrix> {
+        self.load_weights(name, &w, out, k)
+    }
+
     fn load_vector(&mut self, _name: &str, v: Vec<f32>) -> OpResult<CudaVector> {
         Ok(CudaVector { w: self.gpu.stream.clone_htod(&v).map_err(drv("weight upload"))? })
     }
