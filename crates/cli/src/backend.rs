@@ -89,14 +89,19 @@ pub fn load(b: &BackendArgs, model: &ModelArgs, engine: &EngineArgs) -> anyhow::
         return Ok(Loaded { backend, tokenizer: None });
     }
     if let Some(dir) = model.model_path.as_ref().filter(|p| p.is_dir()) {
-        // A Hugging Face checkpoint folder (Llama family). Its tokenizer.json is not read yet.
+        // A Hugging Face checkpoint folder (Llama family), with its tokenizer.json when present.
         let st = SafetensorsDir::open(dir)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::from_hf_files(&dir.join("tokenizer.json"), &dir.join("config.json"))?)
+        } else {
+            None
+        };
         let arch = ArchConfig::from_hf_dir(dir)?;
         let backend: Box<dyn Backend> = match kind {
             BackendKind::Cuda => Box::new(CudaBackend::load_safetensors(&st, &cuda_options(b, engine, &arch))?),
             _ => Box::new(CpuBackend::load_safetensors(&st, &engine.cpu_options(&arch))?),
         };
-        return Ok(Loaded { backend, tokenizer: None });
+        return Ok(Loaded { backend, tokenizer });
     }
     let gguf = model.open()?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;

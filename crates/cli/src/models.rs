@@ -14,8 +14,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// A GGUF file to load instead of a named model (no checksum is known for it), or a Hugging
-    /// Face checkpoint folder (config.json + *.safetensors, Llama family; its tokenizer is not read
-    /// yet, so give prompts as --prompt-ids).
+    /// Face checkpoint folder (config.json + *.safetensors, Llama family; tokenizer.json when present,
+    /// else give prompts as --prompt-ids).
     #[arg(long)]
     pub model_path: Option<PathBuf>,
     /// Where named models are stored.

@@ -140,6 +140,36 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, add_bos, eos, eog, vocab_size: tokens.len() })
     }
 
+    /// A Hugging Face checkpoint's tokenizer: its `tokenizer.json` (which carries its own BOS
+    /// template) and the BOS/EOS ids of its `config.json` (`eos_token_id` may be a list); the
+    /// end-of-turn markers hearth knows are added to the tokens that end generation.
+    pub fn from_hf_files(tokenizer_json: &std::path::Path, config_json: &std::path::Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
+        let text = std::fs::read_to_string(config_json)
+            .map_err(|source| ModelError::Io { path: config_json.to_path_buf(), source })?;
+        let cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", config_json.display())))?;
+        let id = |v: &serde_json::Value| v.as_u64().map(|x| x as u32);
+        let bos = cfg.get("bos_token_id").and_then(id);
+        let mut eog: Vec<u32> = match cfg.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(id).collect(),
+            Some(v) => id(v).into_iter().collect(),
+            None => Vec::new(),
+        };
+        let eos =
+            *eog.first().ok_or_else(|| ModelError::Tokenizer(format!("{}: no eos_token_id", config_json.display())))?;
+        for name in ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>"] {
+            if let Some(t) = inner.token_to_id(name)
+                && !eog.contains(&t)
+            {
+                eog.push(t);
+            }
+        }
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Tokenizer { inner, bos, add_bos: true, eos, eog, vocab_size })
+    }
+
     /// Token ids of `text`; special-token text (e.g. `<start_of_turn>`) becomes its token, as in
     /// llama.cpp with `parse_special`. `add_bos` prepends BOS when the model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {

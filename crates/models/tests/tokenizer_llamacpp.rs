@@ -60,3 +60,30 @@ fn decode_round_trips_and_exports_loadable_json() {
         assert_eq!(a, b, "{text:?}");
     }
 }
+
+/// A checkpoint folder's tokenizer (tokenizer.json + config.json ids) tokenizes like the GGUF one it
+/// was exported from, on every llama.cpp fixture case; EOS and end-of-turn end generation.
+#[test]
+fn hugging_face_tokenizer_files_load() {
+    let tok = tokenizer();
+    let dir = std::env::temp_dir().join(format!("hearth-hf-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tok.to_json(false).unwrap()).unwrap();
+    let cfg = serde_json::json!({"bos_token_id": tok.bos(), "eos_token_id": [tok.eos()]});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let hf = Tokenizer::from_hf_files(&dir.join("tokenizer.json"), &dir.join("config.json")).unwrap();
+    let fx: Fixture = serde_json::from_str(include_str!("fixtures/tokenizer_cases.json")).unwrap();
+    for c in &fx.cases {
+        assert_eq!(hf.encode(&c.text, true).unwrap(), c.ids, "{:?}", c.text);
+    }
+    assert_eq!((hf.bos(), hf.eos(), hf.vocab_size()), (tok.bos(), tok.eos(), tok.vocab_size()));
+    let mut a = hf.eog_tokens().to_vec();
+    let mut b = tok.eog_tokens().to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "EOS and <end_of_turn>");
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    let err = Tokenizer::from_hf_files(&dir.join("tokenizer.json"), &dir.join("config.json")).unwrap_err();
+    assert!(err.to_string().contains("eos_token_id"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
