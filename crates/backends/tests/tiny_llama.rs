@@ -113,10 +113,7 @@ fn gguf_name(hf: &str) -> String {
 }
 
 /// Logits of hearth's CPU backend: the prompt's last row, then one row per fed token.
-fn hearth_logits(path: &std::path::Path, prompt: &[u32], feed: &[u32]) -> Vec<Vec<f32>> {
-    let g = GgufFile::open(path).unwrap();
-    assert!(matches!(ArchConfig::from_gguf(&g).unwrap(), ArchConfig::Llama(_)));
-    let mut b = CpuBackend::load(&g, &CpuOptions { kv_cache_bytes: 1 << 20, ..CpuOptions::default() }).unwrap();
+fn hearth_logits(b: &mut CpuBackend, prompt: &[u32], feed: &[u32]) -> Vec<Vec<f32>> {
     let table: Vec<u32> = (0..8).collect();
     let mut out =
         vec![b.execute(&StepPlan::single(prompt.to_vec(), 0, table.clone(), LogitsWanted::Last)).unwrap().logits];
@@ -126,18 +123,20 @@ fn hearth_logits(path: &std::path::Path, prompt: &[u32], feed: &[u32]) -> Vec<Ve
     out
 }
 
-/// Logits of hearth's CPU backend on a Hugging Face checkpoint folder.
-fn hearth_logits_safetensors(dir: &std::path::Path, prompt: &[u32], feed: &[u32]) -> Vec<Vec<f32>> {
-    let d = hearth_models::SafetensorsDir::open(dir).unwrap();
-    let mut b =
-        CpuBackend::load_safetensors(&d, &CpuOptions { kv_cache_bytes: 1 << 20, ..CpuOptions::default() }).unwrap();
-    let table: Vec<u32> = (0..8).collect();
-    let mut out =
-        vec![b.execute(&StepPlan::single(prompt.to_vec(), 0, table.clone(), LogitsWanted::Last)).unwrap().logits];
-    for (ctx, &t) in (prompt.len()..).zip(feed) {
-        out.push(b.execute(&StepPlan::single(vec![t], ctx, table.clone(), LogitsWanted::Last)).unwrap().logits);
-    }
-    out
+fn opts() -> CpuOptions {
+    CpuOptions { kv_cache_bytes: 1 << 20, ..CpuOptions::default() }
+}
+
+/// The CPU backend on a GGUF file of the Llama family.
+fn from_gguf(path: &std::path::Path) -> CpuBackend {
+    let g = GgufFile::open(path).unwrap();
+    assert!(matches!(ArchConfig::from_gguf(&g).unwrap(), ArchConfig::Llama(_)));
+    CpuBackend::load(&g, &opts()).unwrap()
+}
+
+/// The CPU backend on a Hugging Face checkpoint folder.
+fn from_checkpoint(dir: &std::path::Path) -> CpuBackend {
+    CpuBackend::load_safetensors(&hearth_models::SafetensorsDir::open(dir).unwrap(), &opts()).unwrap()
 }
 
 /// Writes `config` and the tensors as a Hugging Face checkpoint folder (sharded in two files with
@@ -240,11 +239,11 @@ fn tiny_llama_matches_candle_transformers() {
         theirs.push(model.forward(&x, PROMPT.len() + i, &mut cache).unwrap().flatten_all().unwrap().to_vec1().unwrap());
     }
     let dir = tempdir("llama");
-    let ours = hearth_logits(&write(&dir, "llama", &s, &hf), &PROMPT, &feed);
+    let ours = hearth_logits(&mut from_gguf(&write(&dir, "llama", &s, &hf)), &PROMPT, &feed);
     compare("llama", &theirs, &ours);
     // The same weights as a Hugging Face checkpoint (unpermuted q/k, NeoX RoPE), in two shards.
     write_checkpoint(&dir.join("hf"), &json, &hf, true);
-    compare("llama safetensors", &theirs, &hearth_logits_safetensors(&dir.join("hf"), &PROMPT, &feed));
+    compare("llama safetensors", &theirs, &hearth_logits(&mut from_checkpoint(&dir.join("hf")), &PROMPT, &feed));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -274,9 +273,9 @@ fn tiny_qwen2_matches_candle_transformers() {
         theirs.push(logits(&mut model, &[t], PROMPT.len() + i));
     }
     let dir = tempdir("qwen2");
-    let ours = hearth_logits(&write(&dir, "qwen2", &s, &hf), &PROMPT, &feed);
+    let ours = hearth_logits(&mut from_gguf(&write(&dir, "qwen2", &s, &hf)), &PROMPT, &feed);
     compare("qwen2", &theirs, &ours);
     write_checkpoint(&dir.join("hf"), &json, &hf, false);
-    compare("qwen2 safetensors", &theirs, &hearth_logits_safetensors(&dir.join("hf"), &PROMPT, &feed));
+    compare("qwen2 safetensors", &theirs, &hearth_logits(&mut from_checkpoint(&dir.join("hf")), &PROMPT, &feed));
     std::fs::remove_dir_all(&dir).ok();
 }

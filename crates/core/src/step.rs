@@ -44,6 +44,11 @@ impl SeqStep {
         self.context_len - self.len
     }
 
+    /// KV cache slot of the token at `pos`: `block_table[pos / block_size] * block_size + pos % block_size`.
+    pub fn slot(&self, pos: usize, block_size: usize) -> usize {
+        self.block_table[pos / block_size] as usize * block_size + pos % block_size
+    }
+
     /// Number of logits rows this sequence produces.
     pub fn logits_rows(&self) -> usize {
         match self.logits {

@@ -131,6 +131,15 @@ pub trait Ops {
     fn to_host(&mut self, x: &Self::Act) -> OpResult<Vec<f32>>;
 }
 
+/// A matrix's name without its layer number, for profiles: `blk.3.attn_q.weight` → `attn_q`.
+pub fn op_label(name: &str) -> String {
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    match base.strip_prefix("blk.") {
+        Some(rest) => rest.split_once('.').map_or(rest, |(_, op)| op).to_string(),
+        None => base.to_string(),
+    }
+}
+
 /// Rows of a step that need logits, in plan order (a `Greedy` sequence's last row included: the
 /// backend reduces it to its argmax).
 pub fn logits_rows(step: &StepPlan) -> Vec<usize> {

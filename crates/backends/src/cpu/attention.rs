@@ -29,10 +29,6 @@ impl LayerKv {
     }
 }
 
-fn slot(table: &[u32], pos: usize, block_size: usize) -> usize {
-    table[pos / block_size] as usize * block_size + pos % block_size
-}
-
 /// Stores this step's K and V rows at their sequences' slots.
 pub(super) fn write_kv(kv: &mut LayerKv, k: &CpuAct, v: &CpuAct, step: &StepPlan, block_size: usize) -> OpResult<()> {
     if k.cols != kv.stride || v.cols != kv.stride || k.rows != step.tokens.len() || v.rows != k.rows {
@@ -45,7 +41,7 @@ pub(super) fn write_kv(kv: &mut LayerKv, k: &CpuAct, v: &CpuAct, step: &StepPlan
     for seq in &step.seqs {
         for i in 0..seq.len {
             let row = seq.start + i;
-            let at = slot(&seq.block_table, seq.first_position() + i, block_size) * s;
+            let at = seq.slot(seq.first_position() + i, block_size) * s;
             kv.k[at..at + s].convert_from_f32_slice(k.row(row));
             kv.v[at..at + s].convert_from_f32_slice(v.row(row));
         }
@@ -78,7 +74,7 @@ pub(super) fn gather(kv: &LayerKv, step: &StepPlan, p: &AttnParams, block_size: 
         k32.resize((end - base) * s, 0.0);
         v32.resize((end - base) * s, 0.0);
         for (j, pos) in (base..end).enumerate() {
-            let at = slot(&seq.block_table, pos, block_size) * s;
+            let at = seq.slot(pos, block_size) * s;
             kv.k[at..at + s].convert_to_f32_slice(&mut k32[j * s..(j + 1) * s]);
             kv.v[at..at + s].convert_to_f32_slice(&mut v32[j * s..(j + 1) * s]);
         }

@@ -201,11 +201,7 @@ impl Ops for CpuOps {
     type Vector = Vec<f32>;
 
     fn load_matrix(&mut self, name: &str, t: QTensor) -> OpResult<CpuMatrix> {
-        let base = name.strip_suffix(".weight").unwrap_or(name);
-        let label = match base.strip_prefix("blk.") {
-            Some(rest) => rest.split_once('.').map_or(rest, |(_, op)| op).to_string(),
-            None => base.to_string(),
-        };
+        let label = hearth_models::ops::op_label(name);
         let data = if self.exact_matmul || matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             let (out, k) = t.shape().dims2().map_err(|e| shape_err(name, e.to_string()))?;
             let w = t

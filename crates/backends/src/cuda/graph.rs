@@ -66,7 +66,7 @@ impl HostInputs {
                     let p = s.context_len - 1;
                     self.tokens.push(step.tokens[s.start]);
                     self.positions.push(p as u32);
-                    self.slots.push(s.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32);
+                    self.slots.push(s.slot(p, block_size) as u32);
                     self.tables[r * w..r * w + s.block_table.len()].copy_from_slice(&s.block_table);
                 }
                 None => {

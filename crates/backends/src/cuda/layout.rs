@@ -41,8 +41,7 @@ impl StepLayout {
             for p in seq.first_position()..seq.context_len {
                 self.row_pos.push(p as u32);
                 self.row_table.push(off);
-                let slot = seq.block_table[p / block_size] as usize * block_size + p % block_size;
-                self.slots.push(slot as u32);
+                self.slots.push(seq.slot(p, block_size) as u32);
             }
         }
         if self.tables.is_empty() {

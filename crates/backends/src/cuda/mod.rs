@@ -9,17 +9,20 @@
 #![allow(unsafe_code)]
 
 pub mod device;
+pub mod dtype;
 pub mod graph;
 pub mod kernels;
 pub mod layout;
 pub mod ops;
+mod profile;
 
 use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, LogitsWanted, StepOutput, StepPlan, WarmupReport};
 use hearth_models::ops::split_greedy;
 use hearth_models::{ArchConfig, GgufFile, Model, ModelError, Ops, SafetensorsDir};
 
 pub use device::{Gpu, free_memory, libraries, unavailable_reason};
-pub use ops::{CudaAct, CudaMatrix, CudaOps, GemmDtype};
+pub use dtype::GemmDtype;
+pub use ops::{CudaAct, CudaMatrix, CudaOps};
 
 /// Sizing of the CUDA backend.
 #[derive(Clone, Debug)]

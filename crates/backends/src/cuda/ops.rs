@@ -7,16 +7,17 @@ use std::ffi::c_void;
 use candle_core::quantized::QTensor;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
-use half::bf16;
 use hearth_core::{BackendError, StepPlan};
 use hearth_models::ops::{AttnParams, KvSpec, OpResult, Ops, RopeParams};
 
 use super::device::Gpu;
+use super::dtype::{GemmDtype, WeightBuf, to_bf16_bits, to_f16_bits};
 use super::graph::{GraphInputs, GraphKey, HostInputs};
 use super::kernels::{
     ATTN_MAX_HEAD_DIM, ATTN_THREADS, attention_kernel, attention_splits, block_threads, elementwise_blocks,
 };
 use super::layout::StepLayout;
+use super::profile::{OpTimer, ProfileSink};
 
 /// An activation `[rows, cols]` f32 on the device. Each value of an activation has a unique id
 /// (changed by every op that writes it in place), so a matmul can tell that its bf16 input copy is
@@ -50,51 +51,6 @@ impl CudaAct {
 fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Element type of weight matrices and GEMM inputs; GEMMs accumulate and write f32 whatever it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum GemmDtype {
-    /// bfloat16: the range of f32, 8 significant bits. The default (what bf16 checkpoints hold).
-    #[default]
-    Bf16,
-    /// IEEE half: 11 significant bits, range ±65504 (GEMM inputs saturate there). Closer to
-    /// dequantized GGUF weights than bf16.
-    F16,
-    /// f32 weights and inputs (twice the bytes of the halves): a precise reference, or for small models.
-    F32,
-}
-
-impl GemmDtype {
-    fn cuda_type(self) -> cudaDataType {
-        match self {
-            GemmDtype::Bf16 => cudaDataType::CUDA_R_16BF,
-            GemmDtype::F16 => cudaDataType::CUDA_R_16F,
-            GemmDtype::F32 => cudaDataType::CUDA_R_32F,
-        }
-    }
-
-    pub fn bytes(self) -> usize {
-        if self == GemmDtype::F32 { 4 } else { 2 }
-    }
-}
-
-impl std::str::FromStr for GemmDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "bf16" => Ok(GemmDtype::Bf16),
-            "f16" => Ok(GemmDtype::F16),
-            "f32" => Ok(GemmDtype::F32),
-            other => Err(format!("unknown GEMM dtype `{other}` (bf16, f16, f32)")),
-        }
-    }
-}
-
-enum WeightBuf {
-    /// bf16 or f16 bit patterns.
-    Half(CudaSlice<u16>),
-    F32(CudaSlice<f32>),
 }
 
 /// A weight matrix `[out, in]` on the device, in the ops' [`GemmDtype`].
@@ -134,37 +90,6 @@ struct DeviceLayout {
     slots: CudaSlice<u32>,
 }
 
-/// Per-op wall time while profiling: label → (total, calls).
-type ProfileSink = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (std::time::Duration, u64)>>>;
-
-/// Times one op while profiling: the stream is drained at both ends, so the time is the op's own.
-struct OpTimer {
-    stream: std::sync::Arc<cudarc::driver::CudaStream>,
-    start: std::time::Instant,
-    label: String,
-    sink: ProfileSink,
-}
-
-impl Drop for OpTimer {
-    fn drop(&mut self) {
-        if self.stream.synchronize().is_ok() {
-            let mut m = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-            let e = m.entry(std::mem::take(&mut self.label)).or_default();
-            e.0 += self.start.elapsed();
-            e.1 += 1;
-        }
-    }
-}
-
-/// Matrix names without layer numbers: `blk.3.attn_q.weight` → `attn_q`.
-fn op_label(name: &str) -> String {
-    let base = name.strip_suffix(".weight").unwrap_or(name);
-    match base.strip_prefix("blk.") {
-        Some(rest) => rest.split_once('.').map_or(rest, |(_, op)| op).to_string(),
-        None => base.to_string(),
-    }
-}
-
 pub struct CudaOps {
     gpu: Gpu,
     profile: Option<ProfileSink>,
@@ -201,16 +126,6 @@ fn shape_err(op: &str, detail: String) -> BackendError {
 
 fn cfg(grid: (u32, u32), threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Converts f32 values to bf16 bit patterns (round to nearest even).
-pub fn to_bf16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
-}
-
-/// Converts f32 values to f16 bit patterns (round to nearest even).
-pub fn to_f16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()
 }
 
 impl CudaOps {
@@ -321,7 +236,7 @@ impl CudaOps {
         }
         let sink = self.profile.clone()?;
         self.gpu.stream.synchronize().ok()?;
-        Some(OpTimer { stream: self.gpu.stream.clone(), start: std::time::Instant::now(), label: label(), sink })
+        Some(OpTimer::start(self.gpu.stream.clone(), label(), sink))
     }
 
     /// The KV block past the pool that graph padding rows write (never given to a sequence).
@@ -509,7 +424,7 @@ impl Ops for CudaOps {
     }
 
     fn matmul(&mut self, x: &CudaAct, w: &CudaMatrix) -> OpResult<CudaAct> {
-        let _timer = self.timer(|| format!("matmul {}", op_label(&w.label)));
+        let _timer = self.timer(|| format!("matmul {}", hearth_models::ops::op_label(&w.label)));
         if x.cols != w.k {
             return Err(shape_err("matmul", format!("{}x{} · [{}x{}]ᵀ ({})", x.rows, x.cols, w.out, w.k, w.label)));
         }
