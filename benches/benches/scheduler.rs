@@ -20,7 +20,15 @@ fn decoding_scheduler() -> Scheduler {
     let mut s = Scheduler::new(cfg, KvCache::new(32_768, 16));
     for i in 0..256u64 {
         let prompt: Vec<u32> = (0..128).map(|t| (t * 31 + i as u32 * 7) % 50_000).collect();
-        s.add(NewRequest { id: RequestId(i), prompt, max_tokens: 1_500, priority: 0, scope: CacheScope(0) }).unwrap();
+        s.add(NewRequest {
+            id: RequestId(i),
+            prompt,
+            max_tokens: 1_500,
+            priority: 0,
+            scope: CacheScope(0),
+            prompt_logits: false,
+        })
+        .unwrap();
     }
     loop {
         let step = s.schedule();

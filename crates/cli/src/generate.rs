@@ -114,6 +114,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(event) = stream.events.blocking_recv() {
         match event {
+            EngineEvent::PromptLogprobs(_) => {}
             EngineEvent::Tokens(tokens) => {
                 for t in tokens {
                     match text.as_mut() {

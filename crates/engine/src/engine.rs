@@ -67,6 +67,10 @@ pub struct GenerateRequest {
     pub priority: i32,
     /// Prefix-cache sharing domain (the authenticated tenant).
     pub scope: CacheScope,
+    /// Report the logprob of every prompt token after the first, with this many most likely
+    /// alternatives at each position (vLLM's `prompt_logprobs`). The prompt is then computed in
+    /// full, without prefix-cache hits.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl GenerateRequest {
@@ -80,6 +84,7 @@ impl GenerateRequest {
             ignore_eos: false,
             priority: 0,
             scope: CacheScope::default(),
+            prompt_logprobs: None,
         }
     }
 }
@@ -108,6 +113,9 @@ pub struct FinishInfo {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineEvent {
+    /// Logprobs of prompt tokens 1, 2, … in order (requests with `prompt_logprobs`), before any
+    /// generated token; several events when the prompt is computed in chunks.
+    PromptLogprobs(Vec<TokenOut>),
     /// One or more new tokens (several when the receiver fell behind).
     Tokens(Vec<TokenOut>),
     /// The last event of every request.
@@ -131,6 +139,9 @@ impl From<SamplerError> for SubmitError {
         SubmitError::Invalid { field: e.field, reason: e.reason }
     }
 }
+
+/// Most alternatives a request may ask for per position (`logprobs`, `prompt_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// Called on the engine thread after every step (metrics); must be quick.
 pub type StepObserver = Box<dyn FnMut(&StepRecord) + Send>;
@@ -167,6 +178,7 @@ impl RequestStream {
         let mut tokens = Vec::new();
         while let Some(ev) = self.events.blocking_recv() {
             match ev {
+                EngineEvent::PromptLogprobs(_) => {}
                 EngineEvent::Tokens(t) => tokens.extend(t),
                 EngineEvent::Finished(f) => return (tokens, f),
             }
@@ -224,6 +236,17 @@ impl EngineHandle {
         if req.min_tokens > req.max_tokens {
             return invalid("min_tokens", format!("{} exceeds max_tokens {}", req.min_tokens, req.max_tokens));
         }
+        if let Some(n) = req.prompt_logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return invalid("prompt_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives, got {n}"));
+        }
+        if req.sampling.top_logprobs > MAX_TOP_LOGPROBS {
+            return invalid(
+                "logprobs",
+                format!("at most {MAX_TOP_LOGPROBS} alternatives, got {}", req.sampling.top_logprobs),
+            );
+        }
         let max_context = self.caps.max_context;
         if req.prompt.len() + req.max_tokens > max_context {
             return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, max_context });
@@ -273,6 +296,12 @@ struct Active {
     generated: usize,
     /// Tokens not yet delivered (the receiver was full).
     undelivered: Vec<TokenOut>,
+    /// The prompt, kept only for prompt logprobs (the scheduler owns the working copy).
+    prompt: Vec<u32>,
+    /// Prompt positions whose logprobs were computed (position p scores prompt token p + 1).
+    prompt_scored: usize,
+    /// Prompt logprobs not yet delivered.
+    undelivered_prompt: Vec<TokenOut>,
     /// Set once the request has ended; the event is delivered before the request is dropped.
     finished: Option<FinishReason>,
 }
@@ -375,12 +404,14 @@ impl<B: Backend> Engine<B> {
                 let mut p = *p;
                 let prompt = std::mem::take(&mut p.req.prompt);
                 let prompt_len = prompt.len();
+                let kept = if p.req.prompt_logprobs.is_some() { prompt.clone() } else { Vec::new() };
                 let new = NewRequest {
                     id: p.id,
                     prompt,
                     max_tokens: p.req.max_tokens,
                     priority: p.req.priority,
                     scope: p.req.scope,
+                    prompt_logits: p.req.prompt_logprobs.is_some(),
                 };
                 let mut active = Active {
                     req: p.req,
@@ -393,6 +424,9 @@ impl<B: Backend> Engine<B> {
                     first_token_at: None,
                     generated: 0,
                     undelivered: Vec::new(),
+                    prompt: kept,
+                    prompt_scored: 0,
+                    undelivered_prompt: Vec::new(),
                     finished: None,
                 };
                 if let Err(e) = self.sched.add(new) {
@@ -476,6 +510,15 @@ impl<B: Backend> Engine<B> {
         let mut ended = Vec::new();
         let (mut row, mut greedy) = (0, output.greedy.iter());
         for (s, plan) in step.seqs.iter().zip(&step.plan.seqs) {
+            let first_row = row;
+            // Greedy sequences' ids are in `output.greedy`, not among the rows.
+            row += if plan.logits == LogitsWanted::Greedy { 0 } else { plan.logits_rows() };
+            if plan.logits == LogitsWanted::All
+                && let Some(a) = self.active.get_mut(&s.id)
+            {
+                let rows = s.tokens - usize::from(s.sample); // the sampling row is not a prompt score
+                score_prompt(a, s.start, (0..rows).map(|r| output.row(first_row + r)));
+            }
             if !s.sample {
                 sampled.push(None);
                 continue;
@@ -485,7 +528,6 @@ impl<B: Backend> Engine<B> {
                 let t = *greedy.next().expect("the backend returns one id per greedy sequence. This is a bug.");
                 Choice::Token(t)
             } else {
-                row += 1;
                 Choice::Logits(output.row(row - 1))
             };
             let (token, reason) = sample_one(a, choice, &self.cfg.eog_tokens);
@@ -517,6 +559,21 @@ impl<B: Backend> Engine<B> {
         let mut gone = Vec::new();
         let mut blocked = false;
         for (&id, a) in self.active.iter_mut() {
+            if !a.undelivered_prompt.is_empty() {
+                let scores = std::mem::take(&mut a.undelivered_prompt);
+                match a.sink.try_send(EngineEvent::PromptLogprobs(scores)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(EngineEvent::PromptLogprobs(t))) => {
+                        a.undelivered_prompt = t;
+                        blocked = true;
+                        continue;
+                    }
+                    Err(_) => {
+                        gone.push(id);
+                        continue;
+                    }
+                }
+            }
             if !a.undelivered.is_empty() {
                 let tokens = std::mem::take(&mut a.undelivered);
                 match a.sink.try_send(EngineEvent::Tokens(tokens)) {
@@ -557,6 +614,29 @@ impl<B: Backend> Engine<B> {
             self.active.remove(&id);
         }
         blocked
+    }
+}
+
+/// Records prompt logprobs from the rows of prompt positions `start..`: the row at position p
+/// scores prompt token p + 1. Positions scored before (a recomputed chunk after preemption) are
+/// skipped.
+fn score_prompt<'a>(a: &mut Active, start: usize, rows: impl Iterator<Item = &'a [f32]>) {
+    let Some(n) = a.req.prompt_logprobs else { return };
+    for (p, logits) in (start..).zip(rows) {
+        if p < a.prompt_scored || p + 1 >= a.prompt.len() {
+            continue;
+        }
+        let next = a.prompt[p + 1];
+        let top = crate::sampler::top_n(logits, n);
+        let mut ids = vec![next];
+        ids.extend(&top);
+        let lps = crate::sampler::logprobs_of(logits, &ids);
+        a.undelivered_prompt.push(TokenOut {
+            id: next,
+            logprob: Some(lps[0]),
+            top: top.into_iter().zip(lps[1..].iter().copied()).collect(),
+        });
+        a.prompt_scored = p + 1;
     }
 }
 

@@ -8,7 +8,7 @@ mod engine;
 pub mod sampler;
 
 pub use engine::{
-    Engine, EngineConfig, EngineEvent, EngineHandle, EngineStats, FinishInfo, GenerateRequest, RequestStream,
-    StepObserver, StepRecord, SubmitError, TokenOut,
+    Engine, EngineConfig, EngineEvent, EngineHandle, EngineStats, FinishInfo, GenerateRequest, MAX_TOP_LOGPROBS,
+    RequestStream, StepObserver, StepRecord, SubmitError, TokenOut,
 };
 pub use sampler::{Sampled, Sampler, SamplerError, SamplingParams};

@@ -10,6 +10,10 @@ use hearth_models::candle_core::quantized::GgmlDType;
 use hearth_models::testing::{TinySpec, tiny_gemma3_weights, write_tiny_gguf};
 
 fn engine(cfg: EngineConfig, kv_bytes: usize) -> EngineHandle {
+    Engine::spawn(backend(kv_bytes), cfg, None).0
+}
+
+fn backend(kv_bytes: usize) -> CpuBackend {
     let spec = TinySpec::default();
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -22,7 +26,7 @@ fn engine(cfg: EngineConfig, kv_bytes: usize) -> EngineHandle {
     )
     .unwrap();
     std::fs::remove_file(&path).unwrap();
-    Engine::spawn(b, cfg, None).0
+    b
 }
 
 fn prompt(n: usize, salt: u32) -> Vec<u32> {
@@ -236,4 +240,67 @@ fn plain_greedy_requests_take_the_argmax_from_the_backend() {
     );
     // logprobs: 6 Last; sampling: 6 Last; min_tokens 3: 3 Last then 3 Greedy.
     assert_eq!((last_rows, greedy_rows), (15, 3), "{w:?}");
+}
+
+#[test]
+fn prompt_logprobs_score_every_prompt_token_across_chunks() {
+    use hearth_core::{Backend, LogitsWanted, StepPlan};
+    let h = engine(EngineConfig { max_batch_tokens: 8, ..EngineConfig::default() }, 1024 * TOK);
+    let p = prompt(23, 5);
+    // Put the prompt in the prefix cache first: prompt logprobs must still compute every position.
+    let (plain, _) = h
+        .submit(GenerateRequest { ignore_eos: true, ..GenerateRequest::greedy(p.clone(), 3) })
+        .unwrap()
+        .collect_blocking();
+    let req = GenerateRequest { prompt_logprobs: Some(3), ignore_eos: true, ..GenerateRequest::greedy(p.clone(), 3) };
+    let mut s = h.submit(req).unwrap();
+    let (mut scores, mut tokens) = (Vec::new(), Vec::new());
+    let info = loop {
+        match s.events.blocking_recv().unwrap() {
+            EngineEvent::PromptLogprobs(t) => {
+                assert!(tokens.is_empty(), "prompt logprobs come before generated tokens");
+                scores.extend(t);
+            }
+            EngineEvent::Tokens(t) => tokens.extend(t),
+            EngineEvent::Finished(f) => break f,
+        }
+    };
+    assert_eq!(info.cached_tokens, 0);
+    let ids = |t: &[hearth_engine::TokenOut]| t.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(&tokens), ids(&plain), "prompt logprobs do not change the generation");
+    assert_eq!(ids(&scores), p[1..].to_vec());
+
+    // Reference: the same weights, the whole prompt in one step with every row.
+    let mut b = backend(1024 * TOK);
+    let out = b.execute(&StepPlan::single(p.clone(), 0, (0..6).collect(), LogitsWanted::All)).unwrap();
+    for (pos, s) in scores.iter().enumerate() {
+        let row = out.row(pos);
+        let want = hearth_engine::sampler::logprobs_of(row, &[p[pos + 1]])[0];
+        assert!((s.logprob.unwrap() - want).abs() < 1e-4, "position {pos}: {} vs {want}", s.logprob.unwrap());
+        assert_eq!(s.top.len(), 3);
+        let best = hearth_engine::sampler::top_n(row, 3);
+        assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), best, "position {pos}");
+        assert!(s.top[0].1 >= s.logprob.unwrap() - 1e-6, "the best alternative is at least as likely");
+    }
+}
+
+#[test]
+fn device_greedy_rows_and_logits_rows_mix_in_one_step() {
+    let h = engine(EngineConfig::default(), 1024 * TOK);
+    let reqs: Vec<GenerateRequest> = (0..6)
+        .map(|i| GenerateRequest {
+            ignore_eos: true,
+            // Odd requests want logprobs, so they need rows; even ones are plain greedy.
+            sampling: SamplingParams { logprobs: i % 2 == 1, ..Default::default() },
+            prompt_logprobs: (i == 3).then_some(1),
+            ..GenerateRequest::greedy(prompt(4 + 3 * i, i as u32), 5)
+        })
+        .collect();
+    let alone: Vec<_> = reqs.iter().map(|r| h.submit(r.clone()).unwrap().collect_blocking().0).collect();
+    let streams: Vec<_> = reqs.iter().map(|r| h.submit(r.clone()).unwrap()).collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (t, _) = s.collect_blocking();
+        assert_eq!(t, alone[i], "request {i}");
+        assert_eq!(t[0].logprob.is_some(), i % 2 == 1);
+    }
 }

@@ -193,9 +193,15 @@ impl KvCache {
     /// Allocates blocks for a prompt, reusing the longest cached prefix of full blocks in `scope`.
     /// At least the last prompt token is always left to compute (its logits are needed).
     pub fn allocate(&self, scope: CacheScope, prompt: &[u32]) -> Result<SeqBlocks, KvError> {
+        self.allocate_with(scope, prompt, true)
+    }
+
+    /// [`KvCache::allocate`], optionally without reusing cached blocks (when every prompt position
+    /// must be computed, e.g. for prompt logprobs). The blocks still register once full.
+    pub fn allocate_with(&self, scope: CacheScope, prompt: &[u32], reuse: bool) -> Result<SeqBlocks, KvError> {
         let mut p = self.pool.borrow_mut();
         let bs = p.block_size;
-        let reusable = prompt.len().saturating_sub(1) / bs;
+        let reusable = if reuse { prompt.len().saturating_sub(1) / bs } else { 0 };
         let mut hits: Vec<(u64, BlockId)> = Vec::new();
         for chunk in prompt.chunks(bs).take(reusable) {
             let key = BlockKey { parent: hits.last().map(|h| h.0), scope, tokens: chunk.to_vec() };

@@ -27,6 +27,9 @@ pub struct NewRequest {
     /// Lower is served first.
     pub priority: i32,
     pub scope: CacheScope,
+    /// Logits at every prompt position (prompt logprobs): the prompt is computed in full, without
+    /// prefix-cache hits, with [`LogitsWanted::All`] until it is done.
+    pub prompt_logits: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub struct ScheduledSeq {
     pub tokens: usize,
     /// Whether this step reaches the end of the request's tokens, so its logits row must be sampled.
     pub sample: bool,
+    /// Position of the chunk's first token.
+    pub start: usize,
 }
 
 /// What to run: the backend plan and which request each sequence of it belongs to.
@@ -85,6 +90,8 @@ struct Seq {
     blocks: Option<SeqBlocks>,
     /// Prompt tokens that were served from the prefix cache at first admission.
     cached_prompt: Option<usize>,
+    /// Prompt logits still to produce (see [`NewRequest::prompt_logits`]).
+    prompt_logits_pending: bool,
 }
 
 pub struct Scheduler {
@@ -152,7 +159,10 @@ impl Scheduler {
         self.index.insert(req.id, (key, false));
         let tokens = std::mem::take(&mut req.prompt);
         let prompt_len = tokens.len();
-        self.waiting.insert(key, Seq { req, prompt_len, tokens, computed: 0, blocks: None, cached_prompt: None });
+        let prompt_logits_pending = req.prompt_logits;
+        let seq =
+            Seq { req, prompt_len, tokens, computed: 0, blocks: None, cached_prompt: None, prompt_logits_pending };
+        self.waiting.insert(key, seq);
         Ok(())
     }
 
@@ -211,7 +221,8 @@ impl Scheduler {
                     break;
                 }
                 // Reserve for the whole current token list; generation grows it block by block.
-                let Ok(blocks) = self.kv.allocate(seq.req.scope, &seq.tokens) else { break };
+                let reuse = !seq.prompt_logits_pending;
+                let Ok(blocks) = self.kv.allocate_with(seq.req.scope, &seq.tokens, reuse) else { break };
                 let mut seq = self.waiting.remove(&key).expect("key just seen. This is a bug.");
                 seq.computed = blocks.cached_tokens();
                 seq.cached_prompt.get_or_insert(blocks.cached_tokens());
@@ -230,9 +241,13 @@ impl Scheduler {
             let start = seq.computed;
             let sample = start + n == seq.tokens.len();
             let table = seq.blocks.as_ref().expect("planned requests hold blocks. This is a bug.").blocks().to_vec();
-            let logits = if sample { LogitsWanted::Last } else { LogitsWanted::None };
+            let logits = match (seq.prompt_logits_pending && start < seq.prompt_len, sample) {
+                (true, _) => LogitsWanted::All,
+                (false, true) => LogitsWanted::Last,
+                (false, false) => LogitsWanted::None,
+            };
             step.plan.push(&seq.tokens[start..start + n], start, table, logits);
-            step.seqs.push(ScheduledSeq { id: seq.req.id, tokens: n, sample });
+            step.seqs.push(ScheduledSeq { id: seq.req.id, tokens: n, sample, start });
         }
         step
     }
@@ -255,6 +270,9 @@ impl Scheduler {
             let seq = self.running.get_mut(&key).expect("indexed as running. This is a bug.");
             seq.computed += s.tokens;
             let computed = seq.computed;
+            if computed >= seq.prompt_len {
+                seq.prompt_logits_pending = false;
+            }
             if let Some(b) = seq.blocks.as_mut() {
                 b.commit(&seq.tokens[..computed]);
             }

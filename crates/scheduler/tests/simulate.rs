@@ -24,6 +24,7 @@ fn req(id: u64, prompt_len: usize, max_tokens: usize, priority: i32) -> NewReque
         max_tokens,
         priority,
         scope: CacheScope(0),
+        prompt_logits: false,
     }
 }
 
@@ -196,6 +197,32 @@ fn prefix_cache_skips_shared_prompt_blocks() {
     let step = sim.sched.schedule();
     assert_eq!(step.plan.seqs[0].first_position(), 16, "four cached blocks, last token recomputed");
     assert_eq!(sim.sched.cached_prompt_tokens(RequestId(2)), Some(16));
+}
+
+#[test]
+fn prompt_logits_compute_the_whole_prompt_with_all_rows() {
+    let c = cfg(8, 4);
+    let mut sim = Sim::new(c.clone(), 64, 4);
+    sim.add(req(1, 20, 2, 0)).unwrap();
+    sim.run(&c, 50);
+    let mut r = req(2, 20, 2, 0);
+    r.prompt = req(1, 20, 2, 0).prompt; // cached, but prompt logits need every position
+    r.prompt_logits = true;
+    sim.sched.add(r).unwrap();
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        let step = sim.sched.schedule();
+        let (s, plan) = (&step.seqs[0], &step.plan.seqs[0]);
+        assert_eq!(plan.logits, LogitsWanted::All, "prompt chunk at {}", s.start);
+        assert_eq!(plan.first_position(), s.start);
+        starts.push(s.start);
+        let sampled: Vec<Option<u32>> = step.seqs.iter().map(|s| s.sample.then_some(7)).collect();
+        sim.sched.update(&step, &sampled);
+    }
+    assert_eq!(starts, [0, 8, 16], "no prefix-cache hit, chunks of the 8-token budget");
+    assert_eq!(sim.sched.cached_prompt_tokens(RequestId(2)), Some(0));
+    let step = sim.sched.schedule();
+    assert_eq!(step.plan.seqs[0].logits, LogitsWanted::Last, "decode steps want the last row only");
 }
 
 proptest! {
