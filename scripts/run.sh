@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up and run hearth on the default model: build, fetch and verify Gemma 3 270M, generate.
-# (The gRPC server comes with the serving API; until then this streams one generation.)
+# Set up and run hearth on the default model: build, fetch and verify Gemma 3 270M, then serve it
+# (gRPC on 127.0.0.1:50051, metrics and probes on http://127.0.0.1:8000). Extra flags go to
+# `hearth serve`, e.g. `bash scripts/run.sh --listen 0.0.0.0:50051`. Ctrl-C drains and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p hearth-cli
 ./target/release/hearth models pull gemma3-270m
-exec ./target/release/hearth generate --max-tokens 64 \
-  --prompt "${HEARTH_PROMPT:-Photosynthesis is the process by which}" "$@"
+exec ./target/release/hearth serve "$@"

@@ -54,6 +54,18 @@ pub struct Loaded {
     pub backend: Box<dyn Backend>,
     /// `None` for dummy weights.
     pub tokenizer: Option<Tokenizer>,
+    pub meta: ModelMeta,
+}
+
+/// What clients are told about the model (`hearth serve`'s ModelInfo).
+#[derive(Clone, Debug)]
+pub struct ModelMeta {
+    pub name: String,
+    pub architecture: &'static str,
+    pub quantization: String,
+    pub context_length: usize,
+    /// sha256 verified at load, for named models.
+    pub checksum_sha256: Option<String>,
 }
 
 fn resolve_kind(kind: BackendKind) -> anyhow::Result<BackendKind> {
@@ -86,7 +98,14 @@ pub fn load(b: &BackendArgs, model: &ModelArgs, engine: &EngineArgs) -> anyhow::
             }
             _ => Box::new(CpuBackend::dummy(arch.clone(), &engine.cpu_options(&arch), b.dummy_seed)?),
         };
-        return Ok(Loaded { backend, tokenizer: None });
+        let meta = ModelMeta {
+            name: file_stem(config),
+            architecture: arch.name(),
+            quantization: "dummy (seeded random weights)".into(),
+            context_length: arch.context_length(),
+            checksum_sha256: None,
+        };
+        return Ok(Loaded { backend, tokenizer: None, meta });
     }
     if let Some(dir) = model.model_path.as_ref().filter(|p| p.is_dir()) {
         // A Hugging Face checkpoint folder (Llama family), with its tokenizer.json when present.
@@ -101,16 +120,37 @@ pub fn load(b: &BackendArgs, model: &ModelArgs, engine: &EngineArgs) -> anyhow::
             BackendKind::Cuda => Box::new(CudaBackend::load_safetensors(&st, &cuda_options(b, engine, &arch))?),
             _ => Box::new(CpuBackend::load_safetensors(&st, &engine.cpu_options(&arch))?),
         };
-        return Ok(Loaded { backend, tokenizer });
+        let meta = ModelMeta {
+            name: file_stem(dir),
+            architecture: arch.name(),
+            quantization: "safetensors".into(),
+            context_length: arch.context_length(),
+            checksum_sha256: None,
+        };
+        return Ok(Loaded { backend, tokenizer, meta });
     }
-    let gguf = model.open()?;
+    let (gguf, checksum) = model.open_verified()?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let arch = ArchConfig::from_gguf(&gguf)?;
     let backend: Box<dyn Backend> = match kind {
         BackendKind::Cuda => Box::new(CudaBackend::load(&gguf, &cuda_options(b, engine, &arch))?),
         _ => Box::new(CpuBackend::load(&gguf, &engine.cpu_options(&arch))?),
     };
-    Ok(Loaded { backend, tokenizer: Some(tokenizer) })
+    let meta = ModelMeta {
+        name: match &model.model_path {
+            Some(p) => file_stem(p),
+            None => model.model.clone(),
+        },
+        architecture: arch.name(),
+        quantization: format!("gguf ({})", gguf.tensor_types().join(", ").to_lowercase()),
+        context_length: arch.context_length(),
+        checksum_sha256: checksum,
+    };
+    Ok(Loaded { backend, tokenizer: Some(tokenizer), meta })
+}
+
+fn file_stem(p: &std::path::Path) -> String {
+    p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 fn cuda_options(b: &BackendArgs, engine: &EngineArgs, arch: &ArchConfig) -> CudaOptions {

@@ -8,7 +8,6 @@ use std::time::Instant;
 use clap::Args;
 use hearth_core::FinishReason;
 use hearth_engine::{Engine, EngineEvent, GenerateRequest, SamplingParams};
-use hearth_models::Tokenizer;
 
 use crate::backend::BackendArgs;
 use crate::engine_args::EngineArgs;
@@ -52,26 +51,6 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
 }
 
-/// Streams text as tokens arrive, holding back bytes that do not yet form whole characters.
-struct TextStream<'a> {
-    tok: &'a Tokenizer,
-    ids: Vec<u32>,
-    printed: usize,
-}
-
-impl TextStream<'_> {
-    fn push(&mut self, id: u32) -> anyhow::Result<String> {
-        self.ids.push(id);
-        let text = self.tok.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
-            return Ok(String::new());
-        }
-        let new = text[self.printed..].to_string();
-        self.printed = text.len();
-        Ok(new)
-    }
-}
-
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let loaded = crate::backend::load(&args.backend, &args.model, &args.engine)?;
@@ -110,7 +89,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..GenerateRequest::greedy(prompt, args.max_tokens)
     };
     let mut stream = engine.submit(request)?;
-    let mut text = tok.as_ref().map(|tok| TextStream { tok, ids: Vec::new(), printed: 0 });
+    let mut text = tok.as_ref().map(|tok| (tok, hearth_server::text::TextStream::default()));
     let mut out = std::io::stdout().lock();
     while let Some(event) = stream.events.blocking_recv() {
         match event {
@@ -118,13 +97,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             EngineEvent::Tokens(tokens) => {
                 for t in tokens {
                     match text.as_mut() {
-                        Some(text) => write!(out, "{}", text.push(t.id)?)?,
+                        Some((tok, text)) => write!(out, "{}", text.push(*tok, t.id))?,
                         None => write!(out, "{} ", t.id)?,
                     }
                 }
                 out.flush()?;
             }
             EngineEvent::Finished(info) => {
+                if let Some((tok, text)) = text.as_mut() {
+                    write!(out, "{}", text.flush(*tok))?;
+                }
                 writeln!(out)?;
                 if let FinishReason::Error(e) = &info.reason {
                     anyhow::bail!("generation failed: {e}");

@@ -1,10 +1,14 @@
-//! `hearth`: the command-line entry point. Subcommands: `generate` (one prompt, streamed to
-//! stdout) and `models` (pull, list, verify, export-tokenizer).
+//! `hearth`: the command-line entry point. Subcommands: `serve` (the gRPC server), `generate` (one
+//! prompt, streamed to stdout), `health` (probe a server) and `models` (pull, list, verify,
+//! export-tokenizer).
 
 mod backend;
+mod config_file;
 mod engine_args;
 mod generate;
+mod health;
 mod models;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the model over gRPC (hearth.v1, health, reflection) with Prometheus metrics over HTTP.
+    Serve(Box<serve::ServeArgs>),
+    /// Ask a server whether it is serving (exit status 0) or not (1): a health probe.
+    Health(health::HealthArgs),
     /// Generate a continuation of one prompt (CPU or CUDA backend) and stream it to stdout.
     Generate(generate::GenerateArgs),
     /// Manage the local model store.
@@ -24,13 +32,17 @@ enum Command {
     Models(models::ModelsCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Generate(args) => generate::run(args),
-        Command::Models(cmd) => models::run(cmd),
+    let argv = config_file::apply::<Cli>(std::env::args_os().collect())?;
+    let ok = std::process::ExitCode::SUCCESS;
+    match Cli::parse_from(argv).command {
+        Command::Serve(args) => serve::run(*args).map(|()| ok),
+        Command::Health(args) => health::run(args),
+        Command::Generate(args) => generate::run(args).map(|()| ok),
+        Command::Models(cmd) => models::run(cmd).map(|()| ok),
     }
 }

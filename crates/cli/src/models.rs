@@ -41,6 +41,15 @@ impl ModelArgs {
     pub fn open(&self) -> anyhow::Result<GgufFile> {
         Ok(GgufFile::open(self.resolve()?)?)
     }
+
+    /// The model file and, for a named model, the sha256 it was just verified against.
+    pub fn open_verified(&self) -> anyhow::Result<(GgufFile, Option<String>)> {
+        let checksum = match &self.model_path {
+            Some(_) => None,
+            None => Some(store::manifest(&self.model)?.sha256),
+        };
+        Ok((self.open()?, checksum))
+    }
 }
 
 #[derive(Subcommand, Debug)]

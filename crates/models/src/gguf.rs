@@ -68,6 +68,14 @@ impl GgufFile {
         Ok(())
     }
 
+    /// The distinct tensor types of the file, sorted by name (`["F32", "Q4K", "Q5_0", …]`).
+    pub fn tensor_types(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.content.tensor_infos.values().map(|i| format!("{:?}", i.ggml_dtype)).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
