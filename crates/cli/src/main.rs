@@ -1,8 +1,9 @@
 //! `hearth`: the command-line entry point. Subcommands: `serve` (the gRPC server), `generate` (one
-//! prompt, streamed to stdout), `health` (probe a server) and `models` (pull, list, verify,
+//! prompt, streamed to stdout), `bench` (load generator), `health` (probe a server) and `models` (pull, list, verify,
 //! export-tokenizer).
 
 mod backend;
+mod bench;
 mod config_file;
 mod engine_args;
 mod generate;
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Serve the model over gRPC (hearth.v1, health, reflection) with Prometheus metrics over HTTP.
     Serve(Box<serve::ServeArgs>),
+    /// Load a server (hearth over gRPC, or any OpenAI-compatible server) and report throughput,
+    /// latency percentiles and goodput.
+    Bench(Box<bench::BenchArgs>),
     /// Ask a server whether it is serving (exit status 0) or not (1): a health probe.
     Health(health::HealthArgs),
     /// Generate a continuation of one prompt (CPU or CUDA backend) and stream it to stdout.
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse_from(argv).command {
         Command::Serve(args) => serve::run(*args).map(|()| ok),
         Command::Health(args) => health::run(args),
+        Command::Bench(args) => bench::run(*args).map(|()| ok),
         Command::Generate(args) => generate::run(args).map(|()| ok),
         Command::Models(cmd) => models::run(cmd).map(|()| ok),
     }

@@ -52,6 +52,14 @@ impl ModelArgs {
     }
 }
 
+/// The model's tokenizer alone (GGUF metadata, or a checkpoint folder's tokenizer.json).
+pub fn tokenizer(m: &ModelArgs) -> anyhow::Result<Tokenizer> {
+    if let Some(dir) = m.model_path.as_ref().filter(|p| p.is_dir()) {
+        return Ok(Tokenizer::from_hf_files(&dir.join("tokenizer.json"), &dir.join("config.json"))?);
+    }
+    Ok(Tokenizer::from_gguf(&m.open()?)?)
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
     /// Fetch a model into the local store and verify it (does nothing if already there).

@@ -73,8 +73,8 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub fn options(&self) -> anyhow::Result<ServerOptions> {
         anyhow::ensure!(
-            self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0,
-            "--shutdown-grace must be >= 0 seconds"
+            self.shutdown_grace.is_finite() && (0.0..=86_400.0).contains(&self.shutdown_grace),
+            "--shutdown-grace must be 0 to 86400 seconds"
         );
         anyhow::ensure!(self.max_tokens_cap > 0 && self.default_max_tokens > 0, "token limits must be positive");
         Ok(ServerOptions {
@@ -115,11 +115,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             http_addr.map(|a| format!(", HTTP {a}")).unwrap_or_default()
         );
         let (state, router) = hearth_server::build(opts).await?;
-        let server = tokio::spawn(hearth_server::serve(state.clone(), router, grpc, http, hearth_server::signal()));
+        let mut server = tokio::spawn(hearth_server::serve(state.clone(), router, grpc, http, hearth_server::signal()));
 
         let t0 = Instant::now();
         let (model, engine, backend) = (args.model, args.engine, args.backend);
-        let served = tokio::task::spawn_blocking(move || load(&backend, &model, &engine)).await??;
+        let loading = tokio::task::spawn_blocking(move || load(&backend, &model, &engine));
+        let served = tokio::select! {
+            r = loading => r??,
+            r = &mut server => {
+                // SIGTERM/SIGINT while loading: nothing is in flight; do not wait for the load.
+                r??;
+                eprintln!("hearth: stopped while loading");
+                std::process::exit(0);
+            }
+        };
         let d = served.desc.clone();
         state.set_served(served).await;
         eprintln!(

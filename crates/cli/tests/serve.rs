@@ -259,7 +259,11 @@ async fn streams_match_generate_run_concurrently_and_are_counted() {
     }
     let total: f64 = m.iter().filter(|(k, _)| k.starts_with("hearth_requests_total{")).map(|(_, v)| v).sum();
     assert_eq!(total, finished.values().sum::<f64>() + 2.0, "{m:?}");
-    assert_eq!(counter(&m, "hearth_time_to_first_token_seconds_count"), finished.values().sum::<f64>());
+    // Every request that got a first token has a TTFT, including the abandoned and timed-out ones.
+    let ttfts = counter(&m, "hearth_time_to_first_token_seconds_count");
+    let n = finished.values().sum::<f64>();
+    assert!(ttfts >= n + 1.0 && ttfts <= n + 2.0, "{ttfts} TTFTs for {n} finished + 2 ended early");
+    assert_eq!(counter(&m, "hearth_e2e_request_latency_seconds_count"), n + 2.0, "every request has an e2e latency");
     assert_eq!(counter(&m, "hearth_kv_cache_blocks{state=\"used\"}"), 0.0);
     assert!(counter(&m, "hearth_generation_tokens_total") >= 20.0 + 16.0 * 8.0 + 48.0);
     assert!(counter(&m, "hearth_step_duration_seconds_count{kind=\"decode\"}") > 0.0);
@@ -372,5 +376,43 @@ fn health_reports_unreachable_servers_and_config_files_apply() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `hearth bench` against the real server, over gRPC and over the OpenAI-compatible HTTP API.
+#[test]
+fn bench_measures_a_real_server_over_grpc_and_http() {
+    let server = Server::start(&["--kv-cache-memory", "64MiB"]);
+    let dir = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (api, addr) in [("grpc", format!("http://{}", server.grpc)), ("openai", format!("http://{}", server.http))] {
+        let json = dir.join(format!("{api}.json"));
+        let out = hearth()
+            .args(["bench", "--api", api, "--addr", &addr, "--concurrency", "1,3", "--requests", "6"])
+            .args(["--input-len", "24", "--output-len", "5", "--no-progress", "--slo-ttft", "60", "--json"])
+            .arg(&json)
+            .arg("--model-dir")
+            .arg(model_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{api}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("concurrency 3") && stdout.contains("ttft p50"), "{stdout}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let runs = v["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        for r in runs {
+            let s = &r["summary"];
+            assert_eq!((s["completed"].as_u64(), s["failed"].as_u64()), (Some(6), Some(0)), "{api}: {s}");
+            assert_eq!(s["output_tokens"].as_u64(), Some(30), "{api}: exact output lengths");
+            assert_eq!(s["input_tokens"].as_u64(), Some(6 * 24), "{api}: exact input lengths");
+            let ttft = s["ttft"]["p50"].as_f64().unwrap();
+            assert!(ttft > 0.0 && ttft <= s["e2e"]["p50"].as_f64().unwrap());
+            assert!(s["goodput"].as_f64().unwrap() > 0.0);
+        }
+        assert_eq!(v["config"]["api"], api);
+        assert!(v["environment"]["cpus"].as_u64().unwrap() >= 1);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -218,7 +218,9 @@ impl KvCache {
         if needed > available {
             return Err(KvError::OutOfBlocks { needed, available });
         }
-        p.query_tokens += prompt.len() as u64;
+        if reuse {
+            p.query_tokens += prompt.len() as u64;
+        }
         p.hit_tokens += (hits.len() * bs) as u64;
         let mut blocks = Vec::with_capacity(total);
         for &(_, id) in &hits {

@@ -94,6 +94,16 @@ struct Seq {
     prompt_logits_pending: bool,
 }
 
+/// Most prompt tokens per step of a request that wants logits at every prompt position: bounds
+/// the step's logits (rows × vocabulary) and the host's scoring work.
+pub const PROMPT_LOGITS_CHUNK: usize = 128;
+
+impl Seq {
+    fn chunk_cap(&self) -> usize {
+        if self.prompt_logits_pending { PROMPT_LOGITS_CHUNK } else { usize::MAX }
+    }
+}
+
 pub struct Scheduler {
     cfg: SchedulerConfig,
     kv: KvCache,
@@ -193,7 +203,7 @@ impl Scheduler {
         while i < keys.len() && budget > 0 {
             let key = keys[i];
             let seq = self.running.get_mut(&key).expect("running key. This is a bug.");
-            let want = (seq.tokens.len() - seq.computed).min(budget);
+            let want = (seq.tokens.len() - seq.computed).min(budget).min(seq.chunk_cap());
             let target = seq.computed + want;
             let blocks = seq.blocks.as_mut().expect("running requests hold blocks. This is a bug.");
             if blocks.reserve(target).is_ok() {
@@ -227,7 +237,7 @@ impl Scheduler {
                 seq.computed = blocks.cached_tokens();
                 seq.cached_prompt.get_or_insert(blocks.cached_tokens());
                 seq.blocks = Some(blocks);
-                let want = (whole - seq.computed).min(budget);
+                let want = (whole - seq.computed).min(budget).min(seq.chunk_cap());
                 budget -= want;
                 planned.push((key, want));
                 self.index.insert(seq.req.id, (key, true));

@@ -52,6 +52,10 @@ pub struct Generation {
     prompt_tokens: usize,
     prompt_logprobs: Vec<v1::TokenLogprob>,
     last_tokens_at: Option<Instant>,
+    /// When the request was submitted, and when its first token reached the server (latency
+    /// metrics of requests that end without the engine's timings: deadline, abort, client gone).
+    submitted: Instant,
+    first_token_at: Option<Instant>,
     done: bool,
     recorded: bool,
     /// Outcome recorded if dropped before the end (`aborted` unless told otherwise).
@@ -80,6 +84,8 @@ impl Generation {
             prompt_tokens,
             prompt_logprobs: Vec::new(),
             last_tokens_at: None,
+            submitted: Instant::now(),
+            first_token_at: None,
             done: false,
             recorded: false,
             drop_outcome: "aborted",
@@ -99,7 +105,13 @@ impl Generation {
             };
             match event {
                 EngineEvent::PromptLogprobs(scores) => {
-                    let lp: Vec<_> = scores.iter().map(|t| self.token_logprob(t)).collect();
+                    // Up to 21 decodes per prompt position: on a blocking thread.
+                    let tok = self.tok.clone();
+                    let lp = tokio::task::spawn_blocking(move || {
+                        scores.iter().map(|t| token_logprob(tok.as_deref(), t)).collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
                     self.prompt_logprobs.extend(lp);
                 }
                 EngineEvent::Tokens(tokens) => return Some(Ok(self.tokens(tokens).await)),
@@ -113,6 +125,7 @@ impl Generation {
 
     async fn tokens(&mut self, tokens: Vec<TokenOut>) -> Chunk {
         let now = Instant::now();
+        self.first_token_at.get_or_insert(now);
         if let Some(prev) = self.last_tokens_at {
             metrics::record_inter_token(now - prev, tokens.len());
         }
@@ -122,7 +135,7 @@ impl Generation {
             self.generated += 1;
             chunk.token_ids.push(t.id);
             if self.logprobs {
-                chunk.logprobs.push(self.token_logprob(&t));
+                chunk.logprobs.push(token_logprob(self.tok.as_deref(), &t));
             }
             let delta = match &self.tok {
                 Some(tok) => self.text.push(tok.as_ref(), t.id),
@@ -138,7 +151,9 @@ impl Generation {
             chunk.text.push_str(&out);
             if let Some(stop) = stop {
                 // Stop here: end the engine request and take its timings from the Finished event.
-                self.engine.abort(self.stream.id);
+                // (`abort` may wait for room in the engine's command channel: not on the runtime.)
+                let (engine, id) = (self.engine.clone(), self.stream.id);
+                let _ = tokio::task::spawn_blocking(move || engine.abort(id)).await;
                 let info = loop {
                     match self.stream.events.recv().await {
                         Some(EngineEvent::Finished(info)) => break Some(info),
@@ -147,8 +162,8 @@ impl Generation {
                     }
                 };
                 self.done = true;
-                let finish = self.finish_with(info, v1::FinishReason::Stop, None, Some(stop));
                 self.log_text(&chunk.text);
+                let finish = self.finish_with(info, v1::FinishReason::Stop, None, Some(stop));
                 chunk.finish = Some(finish);
                 return chunk;
             }
@@ -174,15 +189,19 @@ impl Generation {
             Some(tok) => self.text.flush(tok.as_ref()),
             None => String::new(),
         };
-        let (mut text, stop) = self.stops.push(&tail);
+        let (mut text, stop) = if self.generated <= self.min_tokens {
+            (self.stops.finish() + &tail, None) // stop strings count only after min_tokens
+        } else {
+            self.stops.push(&tail)
+        };
+        if stop.is_none() {
+            text.push_str(&self.stops.finish());
+        }
+        self.log_text(&text);
         let finish = match stop {
             Some(s) => self.finish_with(Some(info), v1::FinishReason::Stop, None, Some(s)),
-            None => {
-                text.push_str(&self.stops.finish());
-                self.finish_with(Some(info), reason, stop_token, None)
-            }
+            None => self.finish_with(Some(info), reason, stop_token, None),
         };
-        self.log_text(&text);
         Ok(Chunk {
             text,
             prompt_logprobs: std::mem::take(&mut self.prompt_logprobs),
@@ -230,13 +249,20 @@ impl Generation {
     /// Ends the request with an error, recorded under `outcome`.
     pub fn fail(&mut self, outcome: &'static str, kind: ErrorKind, message: &str) -> ApiError {
         self.done = true;
+        self.record_unfinished(outcome);
+        ApiError::new(kind, message)
+    }
+
+    /// A request that ends without the engine's timings: latencies as the server saw them.
+    fn record_unfinished(&mut self, outcome: &'static str) {
         self.record(RequestRecord {
             outcome,
             prompt_tokens: self.prompt_tokens,
             generated_tokens: self.generated,
-            ..RequestRecord::default()
+            queue_time: None,
+            time_to_first_token: self.first_token_at.map(|t| t - self.submitted),
+            total_time: Some(self.submitted.elapsed()),
         });
-        ApiError::new(kind, message)
     }
 
     fn record(&mut self, r: RequestRecord) {
@@ -251,32 +277,24 @@ impl Generation {
             out.push_str(text);
         }
     }
-
-    fn token_logprob(&self, t: &TokenOut) -> v1::TokenLogprob {
-        let piece = |id: u32| match &self.tok {
-            Some(tok) => tok.decode(&[id], false).unwrap_or_default(),
-            None => String::new(),
-        };
-        v1::TokenLogprob {
-            token_id: t.id,
-            logprob: t.logprob.unwrap_or(f32::NAN),
-            token: piece(t.id),
-            top: t.top.iter().map(|&(id, lp)| v1::TopLogprob { token_id: id, logprob: lp, token: piece(id) }).collect(),
-        }
-    }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
         if !self.recorded {
-            let outcome = self.drop_outcome;
-            self.record(RequestRecord {
-                outcome,
-                prompt_tokens: self.prompt_tokens,
-                generated_tokens: self.generated,
-                ..RequestRecord::default()
-            });
+            self.record_unfinished(self.drop_outcome);
         }
         // Dropping `stream` closes the receiver: the engine aborts the request before its next step.
+    }
+}
+
+/// A token with its logprob and alternatives, their texts decoded.
+fn token_logprob(tok: Option<&Tokenizer>, t: &TokenOut) -> v1::TokenLogprob {
+    let piece = |id: u32| tok.map(|tok| tok.decode(&[id], false).unwrap_or_default()).unwrap_or_default();
+    v1::TokenLogprob {
+        token_id: t.id,
+        logprob: t.logprob.unwrap_or(f32::NAN),
+        token: piece(t.id),
+        top: t.top.iter().map(|&(id, lp)| v1::TopLogprob { token_id: id, logprob: lp, token: piece(id) }).collect(),
     }
 }

@@ -37,7 +37,7 @@ pub async fn build(opts: ServerOptions) -> Result<(Arc<AppState>, Router), crate
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
     let max_msg = opts.limits.max_message_bytes;
-    let streams = opts.limits.max_concurrent_requests as u32 + 64;
+    let streams = u32::try_from(opts.limits.max_concurrent_requests).unwrap_or(u32::MAX).saturating_add(64);
     let state = AppState::new(opts, reporter);
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(hearth_proto::FILE_DESCRIPTOR_SET)
@@ -107,7 +107,7 @@ async fn until(deadline: Option<Instant>) {
 }
 
 /// Resolves when the server aborts in-flight work (end of the shutdown grace).
-async fn aborted_signal(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn aborted_signal(rx: &mut tokio::sync::watch::Receiver<bool>) {
     if rx.wait_for(|a| *a).await.is_err() {
         std::future::pending::<()>().await; // the state is gone: never
     }
@@ -218,8 +218,18 @@ impl GenerationApi for GenerationService {
                     Some(Err(e)) => Err(e.into()),
                     Some(Ok(c)) => Ok(stream_message(&id, c)),
                 };
-                if tx.send(msg).await.is_err() {
-                    return;
+                // A client that stops reading fills the channel: the deadline and the server's
+                // abort still apply while the send waits (the client is told nothing more).
+                tokio::select! {
+                    r = tx.send(msg) => if r.is_err() { return },
+                    () = until(deadline) => {
+                        g.fail("deadline", ErrorKind::Deadline, "the deadline passed");
+                        return;
+                    }
+                    () = aborted_signal(&mut aborted) => {
+                        g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
+                        return;
+                    }
                 }
             }
         });
@@ -235,7 +245,12 @@ impl GenerationApi for GenerationService {
             return Err(ApiError::invalid("text", "longer than the message limit").into());
         }
         let ids = tokenize(tok.clone(), req.text, req.add_special_tokens.unwrap_or(true)).await?;
-        let tokens = ids.iter().map(|&id| tok.decode(&[id], false).unwrap_or_default()).collect();
+        let ids2 = ids.clone();
+        let tokens = tokio::task::spawn_blocking(move || {
+            ids2.iter().map(|&id| tok.decode(&[id], false).unwrap_or_default()).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("tokenizer task failed: {e}")))?;
         Ok(Response::new(v1::TokenizeResponse { token_ids: ids, tokens }))
     }
 

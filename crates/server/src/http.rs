@@ -1,5 +1,6 @@
-//! The HTTP port: `/metrics` (Prometheus text), `/health` (liveness: the process answers) and
-//! `/ready` (readiness: the model is loaded and the server is not draining).
+//! The HTTP port: `/metrics` (Prometheus text), `/health` (liveness: the process answers),
+//! `/ready` (readiness: the model is loaded and the server is not draining), and the
+//! OpenAI-compatible `/v1/completions` and `/v1/models` ([`crate::openai`]).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
+        .merge(crate::openai::routes())
         .with_state(state)
 }
 

@@ -4,7 +4,8 @@
 //! - [`validate`]: requests checked against the model and [`Limits`], tokenized off the runtime.
 //! - [`generate`]: one generation: engine events → text deltas (never splitting a character),
 //!   stop strings, logprobs, usage, metrics.
-//! - [`metrics`] and [`http`]: Prometheus `/metrics`, `/health`, `/ready`.
+//! - [`metrics`] and [`http`]: Prometheus `/metrics`, `/health`, `/ready`; [`openai`]: the
+//!   OpenAI-compatible `/v1/completions` and `/v1/models` on the same HTTP port.
 //! - [`serve`]: listeners, and the shutdown sequence (drain, grace, abort).
 //!
 //! Token ids inside, text at the edge (DESIGN.md): the engine never sees text. Prompts and outputs
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod openai;
 pub mod serve;
 pub mod state;
 pub mod text;

@@ -114,6 +114,10 @@ impl AppState {
         }
         if !self.is_draining() {
             crate::grpc::set_health(&self.health, true).await;
+            if self.is_draining() {
+                // A drain began meanwhile: its NOT_SERVING may have landed first.
+                crate::grpc::set_health(&self.health, false).await;
+            }
         }
     }
 

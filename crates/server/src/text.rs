@@ -42,12 +42,7 @@ impl TextStream {
         if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
             return String::new();
         }
-        let delta = match now.get(before.len()..) {
-            Some(d) if now.starts_with(&before) => d.to_string(),
-            // The decoder rewrote earlier text (rare normalizations): emit what follows its length
-            // on a character boundary rather than repeat or lose text.
-            _ => now.chars().skip(before.chars().count()).collect(),
-        };
+        let delta = delta(&before, &now);
         self.prefix = self.read;
         self.read = self.ids.len();
         delta
@@ -63,7 +58,16 @@ impl TextStream {
         let now = tok.decode(&self.ids[self.prefix..]);
         self.prefix = self.read;
         self.read = self.ids.len();
-        now.get(before.len()..).map(str::to_string).unwrap_or_default()
+        delta(&before, &now)
+    }
+}
+
+/// What `now` adds to `before`. When the decoder rewrote earlier text (rare normalizations), what
+/// follows `before`'s length in characters, rather than repeat or lose text.
+fn delta(before: &str, now: &str) -> String {
+    match now.strip_prefix(before) {
+        Some(d) => d.to_string(),
+        None => now.chars().skip(before.chars().count()).collect(),
     }
 }
 

@@ -86,6 +86,9 @@ pub async fn validate(req: v1::GenerateRequest, served: &Served, limits: &Limits
     if stopping.stop.len() > limits.max_stop_strings {
         return Err(ApiError::invalid("stopping.stop", format!("at most {} stop strings", limits.max_stop_strings)));
     }
+    if !stopping.stop.is_empty() && served.tokenizer.is_none() {
+        return Err(ApiError::invalid("stopping.stop", "this model has no tokenizer here; use stop_token_ids"));
+    }
     for (i, s) in stopping.stop.iter().enumerate() {
         if s.is_empty() || s.len() > limits.max_stop_bytes {
             return Err(ApiError::invalid(

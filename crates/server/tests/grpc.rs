@@ -569,3 +569,63 @@ async fn a_model_without_tokenizer_serves_token_ids() {
     let e = h.client().tokenize(v1::TokenizeRequest { text: "hi".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+/// The OpenAI-compatible HTTP surface, in process: plain and streamed completions, errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_completions_plain_streamed_and_errors() {
+    use tower::ServiceExt;
+    let h = Harness::start(Some(shared()), limits()).await;
+    let post = |body: serde_json::Value| {
+        let app = hearth_server::http::router(h.state.clone());
+        async move {
+            let req = axum::http::Request::post("/v1/completions")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let r = app.oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 24).await.unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let native = h.client().generate(text_req(PROMPT, 8)).await.unwrap().into_inner();
+    let (code, body) = post(serde_json::json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0})).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["text"], native.text.as_str(), "same text as the gRPC API");
+    assert_eq!(v["usage"]["completion_tokens"], native.token_ids.len() + usize::from(native.stop_cause.is_some()));
+    assert_eq!(v["object"], "text_completion");
+
+    // Streamed, token ids in, usage at the end, then [DONE].
+    let (code, body) = post(serde_json::json!({
+        "prompt": [2, 818, 5279, 529], "max_tokens": 5, "temperature": 0, "ignore_eos": true,
+        "stream": true, "stream_options": {"include_usage": true}
+    }))
+    .await;
+    assert_eq!(code, 200);
+    let events: Vec<&str> = body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let parsed: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let usage = &parsed.last().unwrap()["usage"];
+    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(4), Some(5)));
+    let finishes: Vec<&serde_json::Value> =
+        parsed.iter().filter_map(|p| p["choices"].get(0)).map(|c| &c["finish_reason"]).collect();
+    assert_eq!(finishes.last().unwrap().as_str(), Some("length"));
+    assert!(finishes[..finishes.len() - 1].iter().all(|f| f.is_null()));
+
+    for (body, status, param) in [
+        (serde_json::json!({"prompt": "x", "top_p": 3}), 400, "top_p"),
+        (serde_json::json!({"prompt": "x", "max_tokens": 0}), 400, "max_tokens"),
+        (serde_json::json!({"prompt": [2, 999999]}), 400, "prompt"),
+        (serde_json::json!({"prompt": "x", "model": "nope"}), 404, "model"),
+        (serde_json::json!({"prompt": "x", "n": 2}), 400, "n"),
+    ] {
+        let (code, text) = post(body.clone()).await;
+        assert_eq!(code, status, "{body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["param"], param, "{text}");
+    }
+    let (code, text) = post(serde_json::json!({"no_prompt": true})).await;
+    assert_eq!(code, 400, "{text}");
+}
