@@ -3,6 +3,7 @@
 //! 128 cached tokens, and of a 512-token prefill. Needs the default model.
 //!
 //!     cargo bench -p hearth-benches --bench profile
+//!     HEARTH_PROFILE_PREFILL=2000 cargo bench -p hearth-benches --bench profile
 
 use std::time::{Duration, Instant};
 
@@ -58,9 +59,10 @@ fn main() {
         let plan = decode_plan(&tables, CONTEXT);
         report(&format!("decode, batch {batch}"), &mut b, &plan, 20);
     }
-    let len = 512;
+    // HEARTH_PROFILE_PREFILL=2000: a longer prompt (attention grows with its square).
+    let len = std::env::var("HEARTH_PROFILE_PREFILL").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
     let mut b = cpu_backend(len + 16);
     let table: Vec<u32> = (0..len.div_ceil(b.block_size()) as u32).collect();
     let plan = StepPlan::single(synthetic_tokens(len, 0), 0, table, LogitsWanted::Last);
-    report("prefill, 512 tokens", &mut b, &plan, 3);
+    report(&format!("prefill, {len} tokens"), &mut b, &plan, 3);
 }

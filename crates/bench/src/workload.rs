@@ -66,6 +66,25 @@ pub enum Workload {
     File { path: std::path::PathBuf, output: Len },
 }
 
+/// Where prompt tokens come from: the model's tokenizer (whole-word tokens, BOS first, prompt
+/// files), or bare ids below a vocabulary size (models without a tokenizer, e.g. dummy weights).
+pub struct Vocab<'a> {
+    words: Vec<u32>,
+    bos: Option<u32>,
+    tokenizer: Option<&'a hearth_models::Tokenizer>,
+}
+
+impl<'a> Vocab<'a> {
+    pub fn from_tokenizer(tok: &'a hearth_models::Tokenizer) -> Self {
+        Vocab { words: word_tokens(tok), bos: tok.bos(), tokenizer: Some(tok) }
+    }
+
+    /// Random ids in `10..vocab_size` (the first ids are usually special tokens).
+    pub fn ids(vocab_size: usize) -> Self {
+        Vocab { words: (10..vocab_size.max(11) as u32).collect(), bos: None, tokenizer: None }
+    }
+}
+
 /// Token ids that are plain words (`▁word`), for prompts that look like text to the model.
 pub fn word_tokens(tok: &hearth_models::Tokenizer) -> Vec<u32> {
     let words: Vec<u32> = (0..tok.vocab_size() as u32)
@@ -80,15 +99,10 @@ pub fn word_tokens(tok: &hearth_models::Tokenizer) -> Vec<u32> {
 }
 
 /// `n` requests of the workload, reproducible from `seed`.
-pub fn make(
-    w: &Workload,
-    n: usize,
-    tok: &hearth_models::Tokenizer,
-    seed: u64,
-) -> Result<Vec<BenchRequest>, BenchError> {
+pub fn make(w: &Workload, n: usize, vocab: &Vocab<'_>, seed: u64) -> Result<Vec<BenchRequest>, BenchError> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let words = word_tokens(tok);
-    let bos: Vec<u32> = tok.bos().into_iter().collect();
+    let words = &vocab.words;
+    let bos: Vec<u32> = vocab.bos.into_iter().collect();
     let random = |len: usize, rng: &mut StdRng| -> Vec<u32> {
         (0..len).map(|_| words[rng.random_range(0..words.len())]).collect()
     };
@@ -120,6 +134,9 @@ pub fn make(
                 .collect()
         }
         Workload::File { path, output } => {
+            let tok = vocab
+                .tokenizer
+                .ok_or_else(|| BenchError::Config("a prompt file needs the model's tokenizer".into()))?;
             let lines = read_jsonl(path)?;
             if lines.is_empty() {
                 return Err(BenchError::Config(format!("{}: no prompts", path.display())));
@@ -136,13 +153,13 @@ pub fn make(
 }
 
 /// Replaces the request a quarter of the way in by one with a `len`-token prompt (same output).
-pub fn mix_in_long_prompt(requests: &mut [BenchRequest], len: usize, tok: &hearth_models::Tokenizer, seed: u64) {
+pub fn mix_in_long_prompt(requests: &mut [BenchRequest], len: usize, vocab: &Vocab<'_>, seed: u64) {
     if requests.is_empty() {
         return;
     }
     let at = requests.len() / 4;
     let long =
-        make(&Workload::Synthetic { input: Len::Fixed(len.max(1)), output: Len::Fixed(1) }, 1, tok, seed ^ 0x5eed)
+        make(&Workload::Synthetic { input: Len::Fixed(len.max(1)), output: Len::Fixed(1) }, 1, vocab, seed ^ 0x5eed)
             .expect("synthetic prompts need no input. This is a bug.");
     requests[at].prompt = long[0].prompt.clone();
 }

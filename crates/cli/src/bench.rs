@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// The tokenizer for prompts: the same model the server runs.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// No tokenizer: prompts of random token ids below this vocabulary size (a server on dummy
+    /// weights, e.g. `--model-config models/llama-3.1-8b.json --dummy-weights`: 128256).
+    #[arg(long, conflicts_with = "prompts_file")]
+    pub random_ids: Option<usize>,
     /// Closed loop: clients sending back to back; a list sweeps (`1,4,16,32`).
     #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
     pub concurrency: Vec<usize>,
@@ -108,7 +112,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
-    let tok = crate::models::tokenizer(&args.model)?;
+    let tok = match args.random_ids {
+        Some(_) => None,
+        None => Some(crate::models::tokenizer(&args.model)?),
+    };
+    let vocab = match (&tok, args.random_ids) {
+        (Some(t), _) => workload::Vocab::from_tokenizer(t),
+        (None, n) => workload::Vocab::ids(n.expect("random_ids is set when there is no tokenizer. This is a bug.")),
+    };
     let workload = match args.workload {
         WorkloadKind::Synthetic => Workload::Synthetic { input: args.input_len, output: args.output_len },
         WorkloadKind::SharedPrefix => {
@@ -146,11 +157,11 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         if *stop.borrow() {
             break;
         }
-        let mut requests = workload::make(&workload, args.requests, &tok, args.seed.wrapping_add(i as u64))?;
+        let mut requests = workload::make(&workload, args.requests, &vocab, args.seed.wrapping_add(i as u64))?;
         if let Some(len) = args.mix_long {
-            workload::mix_in_long_prompt(&mut requests, len, &tok, args.seed);
+            workload::mix_in_long_prompt(&mut requests, len, &vocab, args.seed);
         }
-        let warm = workload::make(&workload, args.warmup, &tok, args.seed.wrapping_add(1000 + i as u64))?;
+        let warm = workload::make(&workload, args.warmup, &vocab, args.seed.wrapping_add(1000 + i as u64))?;
         let quiet =
             Runner { target: target.clone(), time_limit: None, stop: stop.clone(), on_done: None, seed: args.seed };
         let warmed = quiet.run(warm, Load::Closed { concurrency: args.warmup.max(1) }).await;

@@ -414,5 +414,13 @@ fn bench_measures_a_real_server_over_grpc_and_http() {
         assert_eq!(v["config"]["api"], api);
         assert!(v["environment"]["cpus"].as_u64().unwrap() >= 1);
     }
+    // Without a tokenizer (as for a server on dummy weights): random ids below a vocabulary size.
+    let out = hearth()
+        .args(["bench", "--addr", &format!("http://{}", server.grpc), "--random-ids", "5000", "--requests", "3"])
+        .args(["--input-len", "12", "--output-len", "2", "--no-progress", "--model", "no-such-model"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("concurrency 1              3    0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
