@@ -559,34 +559,18 @@ impl<B: Backend> Engine<B> {
         let mut gone = Vec::new();
         let mut blocked = false;
         for (&id, a) in self.active.iter_mut() {
-            if !a.undelivered_prompt.is_empty() {
-                let scores = std::mem::take(&mut a.undelivered_prompt);
-                match a.sink.try_send(EngineEvent::PromptLogprobs(scores)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(EngineEvent::PromptLogprobs(t))) => {
-                        a.undelivered_prompt = t;
-                        blocked = true;
-                        continue;
-                    }
-                    Err(_) => {
-                        gone.push(id);
-                        continue;
-                    }
+            // Prompt logprobs first, then tokens; the next batch waits while one is held back.
+            let sent = send_pending(&a.sink, &mut a.undelivered_prompt, EngineEvent::PromptLogprobs)
+                .and_then(|()| send_pending(&a.sink, &mut a.undelivered, EngineEvent::Tokens));
+            match sent {
+                Ok(()) => {}
+                Err(Held::Full) => {
+                    blocked = true;
+                    continue;
                 }
-            }
-            if !a.undelivered.is_empty() {
-                let tokens = std::mem::take(&mut a.undelivered);
-                match a.sink.try_send(EngineEvent::Tokens(tokens)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(EngineEvent::Tokens(t))) => {
-                        a.undelivered = t;
-                        blocked = true;
-                        continue;
-                    }
-                    Err(_) => {
-                        gone.push(id); // receiver dropped
-                        continue;
-                    }
+                Err(Held::Gone) => {
+                    gone.push(id); // receiver dropped
+                    continue;
                 }
             }
             if let Some(reason) = &a.finished {
@@ -614,6 +598,36 @@ impl<B: Backend> Engine<B> {
             self.active.remove(&id);
         }
         blocked
+    }
+}
+
+/// Why pending outputs stayed with the engine.
+enum Held {
+    /// The receiver is full: they wait for the next delivery.
+    Full,
+    /// The receiver is gone.
+    Gone,
+}
+
+/// Sends `pending` (if any) as one event made by `event`; on a full receiver they stay pending.
+fn send_pending(
+    sink: &tokio::sync::mpsc::Sender<EngineEvent>,
+    pending: &mut Vec<TokenOut>,
+    event: fn(Vec<TokenOut>) -> EngineEvent,
+) -> Result<(), Held> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    match sink.try_send(event(std::mem::take(pending))) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(EngineEvent::PromptLogprobs(t) | EngineEvent::Tokens(t))) => {
+            *pending = t;
+            Err(Held::Full)
+        }
+        Err(TrySendError::Full(EngineEvent::Finished(_))) => {
+            unreachable!("only token events are pending. This is a bug.")
+        }
+        Err(TrySendError::Closed(_)) => Err(Held::Gone),
     }
 }
 

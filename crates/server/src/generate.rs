@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::{mpsc, watch};
+
 use hearth_core::FinishReason;
 use hearth_engine::{EngineEvent, EngineHandle, FinishInfo, RequestStream, TokenOut};
 use hearth_models::Tokenizer;
@@ -276,6 +278,103 @@ impl Generation {
         if let Some(out) = self.log.as_mut() {
             out.push_str(text);
         }
+    }
+}
+
+/// What ends a generation early besides the engine: the client's deadline and the server's abort
+/// at the end of its shutdown grace.
+pub struct Bounds {
+    pub deadline: Option<Instant>,
+    pub aborted: watch::Receiver<bool>,
+}
+
+impl Generation {
+    /// The next chunk, or the error that ends the generation early (deadline, server abort).
+    pub async fn next_within(&mut self, b: &mut Bounds) -> Option<Result<Chunk, ApiError>> {
+        tokio::select! {
+            c = self.next() => c,
+            () = until(b.deadline) => {
+                Some(Err(self.fail("deadline", ErrorKind::Deadline, "the deadline passed; the request was stopped")))
+            }
+            () = aborted_signal(&mut b.aborted) => {
+                Some(Err(self.fail("aborted", ErrorKind::Unavailable, "the server is shutting down")))
+            }
+        }
+    }
+
+    /// The whole generation as one chunk (unary responses).
+    pub async fn collect(mut self, mut b: Bounds) -> Result<Chunk, ApiError> {
+        let mut all = Chunk::default();
+        while let Some(c) = self.next_within(&mut b).await {
+            let c = c?;
+            all.token_ids.extend(c.token_ids);
+            all.text.push_str(&c.text);
+            all.logprobs.extend(c.logprobs);
+            all.prompt_logprobs.extend(c.prompt_logprobs);
+            all.finish = c.finish.or(all.finish);
+        }
+        Ok(all)
+    }
+
+    /// Streams the generation into `tx`, whose receiver is the response body: each chunk as
+    /// `msgs(chunk)`, an error as `err(e)`, then `end` after the last chunk. Returns (dropping the
+    /// engine stream, which aborts the request) when the client goes away, and also while a send
+    /// waits on a client that stopped reading, once the deadline or the server's abort comes.
+    pub async fn pump<T>(
+        mut self,
+        mut b: Bounds,
+        tx: mpsc::Sender<T>,
+        msgs: impl Fn(Chunk) -> Vec<T>,
+        err: impl Fn(ApiError) -> T,
+        end: Option<T>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                c = self.next_within(&mut b) => c,
+                () = tx.closed() => return, // client gone: recorded as aborted on drop
+            };
+            let chunk = match next {
+                None => {
+                    if let Some(end) = end {
+                        let _ = tx.send(end).await;
+                    }
+                    return;
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(err(e)).await;
+                    return;
+                }
+                Some(Ok(c)) => c,
+            };
+            for m in msgs(chunk) {
+                tokio::select! {
+                    r = tx.send(m) => if r.is_err() { return },
+                    () = until(b.deadline) => {
+                        self.fail("deadline", ErrorKind::Deadline, "the deadline passed");
+                        return;
+                    }
+                    () = aborted_signal(&mut b.aborted) => {
+                        self.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until the deadline (forever without one).
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the server aborts in-flight work (end of the shutdown grace).
+async fn aborted_signal(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await; // the state is gone: never
     }
 }
 

@@ -25,10 +25,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::generate::{Chunk, Generation};
+use crate::generate::{Bounds, Chunk, Generation};
 use crate::metrics;
 use crate::state::{AppState, ServerOptions};
-use crate::validate::{ValidRequest, check_model, tokenize, validate};
+use crate::validate::{ValidRequest, check_ids, check_model, tokenize, validate};
 
 /// The state and the router with every service; the model is set later ([`AppState::set_served`]),
 /// and until then health says NOT_SERVING and generations get `UNAVAILABLE`.
@@ -98,21 +98,6 @@ pub fn deadline(meta: &MetadataMap) -> Result<Option<Instant>, ApiError> {
     Ok(Some(Instant::now() + d - margin))
 }
 
-/// Sleeps until the deadline (forever without one).
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the server aborts in-flight work (end of the shutdown grace).
-pub(crate) async fn aborted_signal(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    if rx.wait_for(|a| *a).await.is_err() {
-        std::future::pending::<()>().await; // the state is gone: never
-    }
-}
-
 /// Counts a refusal and makes it a status.
 fn refuse(e: ApiError) -> Status {
     metrics::record_refused(e.outcome());
@@ -148,40 +133,27 @@ impl GenerationService {
 #[tonic::async_trait]
 impl GenerationApi for GenerationService {
     async fn generate(&self, req: Request<v1::GenerateRequest>) -> Result<Response<v1::GenerateResponse>, Status> {
-        let (mut g, _permit, deadline) = self.start(req).await?;
-        let mut aborted = self.state.aborted();
-        let mut out = v1::GenerateResponse { request_id: g.request_id.clone(), ..Default::default() };
-        loop {
-            let chunk = tokio::select! {
-                c = g.next() => c,
-                () = until(deadline) => {
-                    return Err(g.fail("deadline", ErrorKind::Deadline, "the deadline passed; the request was stopped").into());
-                }
-                () = aborted_signal(&mut aborted) => {
-                    return Err(g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down").into());
-                }
+        let (g, _permit, deadline) = self.start(req).await?;
+        let request_id = g.request_id.clone();
+        let all = g.collect(Bounds { deadline, aborted: self.state.aborted() }).await?;
+        let mut out = v1::GenerateResponse {
+            request_id,
+            token_ids: all.token_ids,
+            text: all.text,
+            logprobs: all.logprobs,
+            prompt_logprobs: all.prompt_logprobs,
+            ..Default::default()
+        };
+        if let Some(f) = all.finish {
+            out.finish_reason = f.reason as i32;
+            out.stop_cause = match (f.stop_token, f.stop_string) {
+                (_, Some(s)) => Some(generate_response::StopCause::StopString(s)),
+                (Some(t), None) => Some(generate_response::StopCause::StopTokenId(t)),
+                (None, None) => None,
             };
-            match chunk {
-                None => return Ok(Response::new(out)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(c)) => {
-                    let Chunk { token_ids, text, logprobs, prompt_logprobs, finish } = c;
-                    out.token_ids.extend(token_ids);
-                    out.text.push_str(&text);
-                    out.logprobs.extend(logprobs);
-                    out.prompt_logprobs.extend(prompt_logprobs);
-                    if let Some(f) = finish {
-                        out.finish_reason = f.reason as i32;
-                        out.stop_cause = match (f.stop_token, f.stop_string) {
-                            (_, Some(s)) => Some(generate_response::StopCause::StopString(s)),
-                            (Some(t), None) => Some(generate_response::StopCause::StopTokenId(t)),
-                            (None, None) => None,
-                        };
-                        out.usage = Some(f.usage);
-                    }
-                }
-            }
+            out.usage = Some(f.usage);
         }
+        Ok(Response::new(out))
     }
 
     type GenerateStreamStream = ChunkStream;
@@ -190,48 +162,14 @@ impl GenerationApi for GenerationService {
         &self,
         req: Request<v1::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let (mut g, permit, deadline) = self.start(req).await?;
-        let mut aborted = self.state.aborted();
-        // The task owns the generation and the permit; the response body owns `rx`. When the
-        // client goes away `rx` drops, `tx.send` fails, and the task ends, aborting the request.
+        let (g, permit, deadline) = self.start(req).await?;
+        let bounds = Bounds { deadline, aborted: self.state.aborted() };
+        // The task owns the generation and the permit; the response body owns `rx`.
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let _permit = permit;
             let id = g.request_id.clone();
-            loop {
-                let next = tokio::select! {
-                    c = g.next() => c,
-                    () = until(deadline) => {
-                        let e = g.fail("deadline", ErrorKind::Deadline, "the deadline passed; the request was stopped");
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                    () = aborted_signal(&mut aborted) => {
-                        let e = g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                    () = tx.closed() => return, // client gone: recorded as aborted on drop
-                };
-                let msg = match next {
-                    None => return,
-                    Some(Err(e)) => Err(e.into()),
-                    Some(Ok(c)) => Ok(stream_message(&id, c)),
-                };
-                // A client that stops reading fills the channel: the deadline and the server's
-                // abort still apply while the send waits (the client is told nothing more).
-                tokio::select! {
-                    r = tx.send(msg) => if r.is_err() { return },
-                    () = until(deadline) => {
-                        g.fail("deadline", ErrorKind::Deadline, "the deadline passed");
-                        return;
-                    }
-                    () = aborted_signal(&mut aborted) => {
-                        g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
-                        return;
-                    }
-                }
-            }
+            g.pump(bounds, tx, |c| vec![Ok(stream_message(&id, c))], |e| Err(e.into()), None).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -263,13 +201,7 @@ impl GenerationApi for GenerationService {
         check_model(&req.model, served)?;
         let tok = served.tokenizer.clone().ok_or_else(no_tokenizer)?;
         let vocab = served.desc.vocab_size;
-        if let Some((i, t)) = req.token_ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
-            return Err(ApiError::invalid(
-                format!("token_ids[{i}]"),
-                format!("token id {t} is outside the vocabulary of {vocab}"),
-            )
-            .into());
-        }
+        check_ids("token_ids", &req.token_ids, vocab)?;
         let skip = req.skip_special_tokens.unwrap_or(true);
         let text = tokio::task::spawn_blocking(move || tok.decode(&req.token_ids, skip))
             .await

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::generate::{Chunk, Generation};
+use crate::generate::{Bounds, Chunk, Generation};
 use crate::state::AppState;
 use crate::validate::validate;
 
@@ -179,38 +179,19 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         .map_err(|e| refuse(ApiError::new(ErrorKind::Invalid, format!("malformed JSON request: {e}"))))?;
     let (native, stream, include_usage) = to_native(req).map_err(refuse)?;
     let valid = validate(native, &served, state.limits()).await.map_err(refuse)?;
-    let mut g = Generation::start(&served, valid, state.opts.log_requests).map_err(refuse)?;
+    let g = Generation::start(&served, valid, state.opts.log_requests).map_err(refuse)?;
     let id = format!("cmpl-{}", g.request_id);
     let model = served.desc.name.clone();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut aborted = state.aborted();
+    let bounds = Bounds { deadline: None, aborted: state.aborted() };
 
     if !stream {
         let _permit = permit;
-        let mut text = String::new();
-        let mut logprobs = Vec::new();
-        let mut finish = None;
-        loop {
-            let next = tokio::select! {
-                c = g.next() => c,
-                () = crate::grpc::aborted_signal(&mut aborted) => {
-                    return Err(HttpError(g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down")));
-                }
-            };
-            match next {
-                None => break,
-                Some(Err(e)) => return Err(HttpError(e)),
-                Some(Ok(c)) => {
-                    text.push_str(&c.text);
-                    logprobs.extend(c.logprobs);
-                    finish = c.finish.or(finish);
-                }
-            }
-        }
-        let f = finish.expect("a generation ends with a finish. This is a bug.");
+        let all = g.collect(bounds).await.map_err(HttpError)?;
+        let f = all.finish.expect("a generation ends with a finish. This is a bug.");
         let body = json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs_json(&logprobs),
+            "choices": [{"index": 0, "text": all.text, "logprobs": logprobs_json(&all.logprobs),
                          "finish_reason": finish_reason(f.reason), "stop_reason": stop_reason(&f)}],
             "usage": usage_json(&f.usage),
         });
@@ -218,56 +199,24 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     }
 
     // Streamed: a task drives the generation into a bounded channel whose receiver is the body.
-    // When the client disconnects the body is dropped, sends fail, and the task ends (aborting).
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
         let _permit = permit;
-        let chunk_json = |c: &Chunk| {
-            json!({
+        let data = |v: Value| Ok(Event::default().data(v.to_string()));
+        let events = |c: Chunk| {
+            let mut out = vec![data(json!({
                 "id": id, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": c.text, "logprobs": logprobs_json(&c.logprobs),
                              "finish_reason": c.finish.as_ref().map(|f| finish_reason(f.reason)),
                              "stop_reason": c.finish.as_ref().map(stop_reason)}],
-            })
-        };
-        loop {
-            let next = tokio::select! {
-                c = g.next() => c,
-                () = crate::grpc::aborted_signal(&mut aborted) => {
-                    let e = g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
-                    let _ = tx.send(Ok(error_event(&e))).await;
-                    return;
-                }
-                () = tx.closed() => return,
-            };
-            match next {
-                None => {
-                    let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(Ok(error_event(&e))).await;
-                    return;
-                }
-                Some(Ok(c)) => {
-                    let event = Ok(Event::default().data(chunk_json(&c).to_string()));
-                    tokio::select! {
-                        r = tx.send(event) => if r.is_err() { return },
-                        () = crate::grpc::aborted_signal(&mut aborted) => {
-                            g.fail("aborted", ErrorKind::Unavailable, "the server is shutting down");
-                            return;
-                        }
-                    }
-                    if let (Some(f), true) = (&c.finish, include_usage) {
-                        let u = json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                                       "choices": [], "usage": usage_json(&f.usage)});
-                        if tx.send(Ok(Event::default().data(u.to_string()))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            }))];
+            if let (Some(f), true) = (&c.finish, include_usage) {
+                out.push(data(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                                     "choices": [], "usage": usage_json(&f.usage)})));
             }
-        }
+            out
+        };
+        g.pump(bounds, tx, events, |e| Ok(error_event(&e)), Some(Ok(Event::default().data("[DONE]")))).await;
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response())
 }

@@ -40,12 +40,7 @@ pub async fn validate(req: v1::GenerateRequest, served: &Served, limits: &Limits
             if ids.ids.is_empty() {
                 return Err(ApiError::invalid("token_ids.ids", "must not be empty"));
             }
-            if let Some((i, t)) = ids.ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
-                return Err(ApiError::invalid(
-                    format!("token_ids.ids[{i}]"),
-                    format!("token id {t} is outside the vocabulary of {vocab}"),
-                ));
-            }
+            check_ids("token_ids.ids", &ids.ids, vocab)?;
             ids.ids
         }
     };
@@ -97,12 +92,7 @@ pub async fn validate(req: v1::GenerateRequest, served: &Served, limits: &Limits
             ));
         }
     }
-    if let Some((i, t)) = stopping.stop_token_ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
-        return Err(ApiError::invalid(
-            format!("stopping.stop_token_ids[{i}]"),
-            format!("token id {t} is outside the vocabulary of {vocab}"),
-        ));
-    }
+    check_ids("stopping.stop_token_ids", &stopping.stop_token_ids, vocab)?;
     for (field, n) in [("logprobs", req.logprobs), ("prompt_logprobs", req.prompt_logprobs)] {
         if let Some(n) = n
             && n as usize > MAX_TOP_LOGPROBS
@@ -158,6 +148,17 @@ fn sampling(p: v1::SamplingParams) -> Result<SamplingParams, ApiError> {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Every id of the list `field` must be in the vocabulary; the error names the first one out.
+pub fn check_ids(field: &str, ids: &[u32], vocab: usize) -> Result<(), ApiError> {
+    match ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
+        Some((i, t)) => Err(ApiError::invalid(
+            format!("{field}[{i}]"),
+            format!("token id {t} is outside the vocabulary of {vocab}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `model` must be empty or the served model's name.
