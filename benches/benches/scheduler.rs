@@ -16,7 +16,13 @@ use hearth_scheduler::{NewRequest, Scheduler, SchedulerConfig};
 
 /// A scheduler with 256 sequences past their prefill (every step is pure decode).
 fn decoding_scheduler() -> Scheduler {
-    let cfg = SchedulerConfig { max_batch_tokens: 8192, max_num_seqs: 256, max_waiting: 1024, chunked_prefill: true };
+    let cfg = SchedulerConfig {
+        max_batch_tokens: 8192,
+        max_num_seqs: 256,
+        max_waiting: 1024,
+        chunked_prefill: true,
+        split: None,
+    };
     let mut s = Scheduler::new(cfg, KvCache::new(32_768, 16));
     for i in 0..256u64 {
         let prompt: Vec<u32> = (0..128).map(|t| (t * 31 + i as u32 * 7) % 50_000).collect();

@@ -3,12 +3,16 @@
 //!
 //! - [`cpu`]: the embedded default: our batched quantized matmul and paged attention.
 //! - [`cuda`]: Nvidia GPUs through cudarc (loaded at run time), NVRTC-compiled kernels and cuBLAS.
+//! - [`static_cpu`]: the CPU operation set run only at compiled bucket shapes with slot KV (the
+//!   reference executor of the static-shape path; not an accelerator).
 
 pub mod cpu;
 pub mod cuda;
+pub mod static_cpu;
 
 pub use cpu::{CpuBackend, CpuOptions};
 pub use cuda::{CudaBackend, CudaOptions};
+pub use static_cpu::{PaddingStats, StaticCpuBackend, StaticCpuOptions};
 
 use hearth_core::{Backend, BackendCaps, BackendError, LogitsWanted, StepPlan, WarmupReport};
 

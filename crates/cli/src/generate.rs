@@ -56,8 +56,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let loaded = crate::backend::load(&args.backend, &args.model, &args.engine)?;
     let tok = loaded.tokenizer;
     let caps = loaded.backend.caps().clone();
-    let kv_tokens = match caps.kv {
-        hearth_core::KvLayout::Paged { block_size, num_blocks } => block_size * num_blocks,
+    let kv_tokens = {
+        let (block_size, num_blocks) = caps.kv.pool();
+        block_size * num_blocks
     };
     let eog = tok.as_ref().map(|t| t.eog_tokens().to_vec()).unwrap_or_default();
     let (engine, _thread) = Engine::spawn(loaded.backend, args.engine.engine_config(eog), None);

@@ -29,8 +29,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Ask a server whether it is serving (exit status 0) or not (1): a health probe.
     Health(health::HealthArgs),
-    /// Generate a continuation of one prompt (CPU or CUDA backend) and stream it to stdout.
-    Generate(generate::GenerateArgs),
+    /// Generate a continuation of one prompt (CPU, CUDA or static-cpu backend) and stream it to stdout.
+    Generate(Box<generate::GenerateArgs>),
     /// Manage the local model store.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(args) => serve::run(*args).map(|()| ok),
         Command::Health(args) => health::run(args),
         Command::Bench(args) => bench::run(*args).map(|()| ok),
-        Command::Generate(args) => generate::run(args).map(|()| ok),
+        Command::Generate(args) => generate::run(*args).map(|()| ok),
         Command::Models(cmd) => models::run(cmd).map(|()| ok),
     }
 }

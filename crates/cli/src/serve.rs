@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use hearth_core::KvLayout;
 use hearth_engine::Engine;
 use hearth_server::{Limits, ModelDesc, Served, ServerOptions};
 
@@ -152,7 +151,7 @@ fn load(b: &BackendArgs, model: &ModelArgs, engine: &EngineArgs) -> anyhow::Resu
     let warm = loaded.backend.warmup().context("warming the backend up")?;
     tracing::info!(steps = warm.steps, seconds = warm.seconds, "warmed up");
     let caps = loaded.backend.caps().clone();
-    let KvLayout::Paged { block_size, num_blocks } = caps.kv;
+    let (block_size, num_blocks) = caps.kv.pool();
     let eog = loaded.tokenizer.as_ref().map(|t| t.eog_tokens().to_vec()).unwrap_or_default();
     let (handle, _thread) =
         Engine::spawn(loaded.backend, engine.engine_config(eog), Some(hearth_server::metrics::step_observer()));

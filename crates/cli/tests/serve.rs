@@ -424,3 +424,80 @@ fn bench_measures_a_real_server_over_grpc_and_http() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("concurrency 1              3    0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `hearth serve --backend static-cpu` (compiled bucket shapes, slot KV) streams the dynamic CPU
+/// backend's greedy tokens for concurrent requests (more than the slots, so slots are reused;
+/// prompts and contexts crossing bucket boundaries), counts its padding, and refuses what its
+/// graphs cannot return, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_cpu_serves_the_dynamic_backends_tokens() {
+    let statik = Server::start(&[
+        "--backend",
+        "static-cpu",
+        "--static-slots",
+        "3",
+        "--static-max-len",
+        "256",
+        "--static-grid",
+        "tuned",
+    ]);
+    let dynamic = Server::start(&["--backend", "cpu", "--kv-cache-memory", "64MiB"]);
+    let prompts: Vec<(String, u32)> = (0..5)
+        .map(|i| (format!("Item {i}: {}", "a list of colours, ".repeat(1 + 4 * i)), [12, 40, 6, 30, 20][i]))
+        .collect();
+    let run = |server: &Server| {
+        let addr = format!("http://{}", server.grpc);
+        let prompts = prompts.clone();
+        async move {
+            let c = GenerationClient::connect(addr).await.unwrap();
+            let tasks: Vec<_> = prompts
+                .into_iter()
+                .map(|(p, n)| {
+                    let mut c = c.clone();
+                    tokio::spawn(async move { stream(&mut c, request(&p, n)).await.0 })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    let got = run(&statik).await;
+    let want = run(&dynamic).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "request {i}");
+        assert_eq!(g.len() as u32, prompts[i].1);
+    }
+    let m = statik.metrics();
+    assert!(counter(&m, "hearth_padding_tokens_total") > 0.0, "static shapes pad");
+    assert!(counter(&m, "hearth_computed_tokens_total") > counter(&m, "hearth_padding_tokens_total"));
+    assert_eq!(counter(&dynamic.metrics(), "hearth_padding_tokens_total"), 0.0);
+
+    let mut c = statik.client().await;
+    let mut r = request("Hello", 4);
+    r.prompt_logprobs = Some(1);
+    let e = c.generate(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("prompt_logprobs: the static-cpu backend"), "{}", e.message());
+}
+
+/// `--backend neuron` says what it needs: a manifest, then a readable one (no Neuron runtime is
+/// installed here, so nothing further can load).
+#[test]
+fn neuron_backend_names_what_is_missing() {
+    let run = |extra: &[&str]| {
+        let out = hearth()
+            .args(["generate", "--backend", "neuron", "--prompt", "Hi", "--model-dir"])
+            .arg(model_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&[]).contains("--backend neuron needs --neuron-manifest"));
+    let missing = run(&["--neuron-manifest", "/nonexistent/manifest.json"]);
+    assert!(missing.contains("/nonexistent/manifest.json"), "{missing}");
+}

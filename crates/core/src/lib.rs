@@ -8,10 +8,15 @@
 
 mod backend;
 mod request;
+mod shape;
 mod step;
 
-pub use backend::{Backend, BackendCaps, BackendError, KvLayout, WarmupReport};
+pub use backend::{Backend, BackendCaps, BackendError, KvLayout, SamplingSupport, WarmupReport};
 pub use request::{FinishReason, RequestId};
+pub use shape::{
+    Bucket, BucketGrid, DecodeBucket, FitRule, GridError, PaddedBatch, PrefillBucket, ShapeChoice, ShapeError,
+    ShapePolicy, StepKind, plan_shape,
+};
 pub use step::{LogitsWanted, PlanError, SeqStep, StepOutput, StepPlan, argmax};
 
 /// A token id in the model's vocabulary.

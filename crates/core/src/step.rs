@@ -99,6 +99,13 @@ impl StepPlan {
         self.seqs.push(SeqStep { start, len: tokens.len(), context_len: cached + tokens.len(), block_table, logits });
     }
 
+    /// Removes the last sequence's chunk (undoes [`StepPlan::push`]).
+    pub fn pop(&mut self) -> Option<SeqStep> {
+        let s = self.seqs.pop()?;
+        self.tokens.truncate(s.start);
+        Some(s)
+    }
+
     /// Total logits rows the step produces, in sequence order.
     pub fn logits_rows(&self) -> usize {
         self.seqs.iter().map(SeqStep::logits_rows).sum()
@@ -202,6 +209,17 @@ mod tests {
         p.push(&[1, 2, 3], 0, vec![0], LogitsWanted::Last);
         p.push(&[4], 20, vec![1, 2], LogitsWanted::All);
         p
+    }
+
+    #[test]
+    fn pop_undoes_push() {
+        let mut p = plan();
+        let last = p.pop().unwrap();
+        assert_eq!((last.start, last.len, p.tokens.len(), p.seqs.len()), (3, 1, 3, 1));
+        assert_eq!(p.validate(16, 4, 100, 10), Ok(()));
+        p.pop();
+        assert_eq!(p, StepPlan::default());
+        assert_eq!(p.pop(), None);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hearth_core::{Backend, BackendCaps, FinishReason, KvLayout, LogitsWanted, RequestId};
+use hearth_core::{
+    Backend, BackendCaps, FinishReason, LogitsWanted, RequestId, SamplingSupport, ShapePolicy, plan_shape,
+};
 use hearth_kv::{CacheScope, KvCache, KvStats};
 use hearth_scheduler::{NewRequest, ScheduledStep, Scheduler, SchedulerConfig};
 use tokio::sync::mpsc::error::TrySendError;
@@ -152,6 +154,9 @@ pub struct StepRecord {
     pub seqs: usize,
     pub prefill_tokens: usize,
     pub decode_tokens: usize,
+    /// Tokens the backend computed: the compiled bucket's size on a static-shape backend (the
+    /// difference to prefill + decode tokens is padding), the real tokens otherwise.
+    pub padded_tokens: usize,
     pub duration: Duration,
 }
 
@@ -251,7 +256,29 @@ impl EngineHandle {
         if req.prompt.len() + req.max_tokens > max_context {
             return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, max_context });
         }
+        let caps = &self.caps;
+        if !caps.chunked_prefill && req.prompt.len() > caps.max_prompt_per_step() {
+            let (n, max, name) = (req.prompt.len(), caps.max_prompt_per_step(), caps.name);
+            return invalid("prompt", format!("{n} tokens, but the {name} backend takes prompts of at most {max}"));
+        }
+        if req.prompt_logprobs.is_some() && !caps.prompt_logits {
+            let name = caps.name;
+            return invalid("prompt_logprobs", format!("the {name} backend returns no logits for prompt positions"));
+        }
         let sampler = Sampler::new(req.sampling.clone(), &req.prompt)?;
+        if caps.sampling == SamplingSupport::GreedyOnly {
+            let name = caps.name;
+            if !sampler.is_plain_greedy() {
+                let why = "samples greedily on the device only: temperature must be 0, with no penalties or logprobs";
+                return invalid("temperature", format!("the {name} backend {why}"));
+            }
+            if req.min_tokens > 0 {
+                return invalid(
+                    "min_tokens",
+                    format!("the {name} backend samples on the device and cannot hold back EOS"),
+                );
+            }
+        }
         let max_waiting = self.cfg.max_waiting;
         self.not_admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_waiting).then_some(n + 1))
@@ -335,12 +362,14 @@ impl<B: Backend + 'static> Engine<B> {
         let thread = std::thread::Builder::new()
             .name("hearth-engine".into())
             .spawn(move || {
-                let KvLayout::Paged { block_size, num_blocks } = caps.kv.clone();
+                let (block_size, num_blocks) = caps.kv.pool();
+                let split = !caps.mixed_prefill_decode || caps.shapes != ShapePolicy::Dynamic;
                 let sched_cfg = SchedulerConfig {
                     max_batch_tokens: cfg.max_batch_tokens.min(caps.max_batch_tokens),
                     max_num_seqs: cfg.max_num_seqs,
                     max_waiting: usize::MAX, // the handle enforces the limit at submission
-                    chunked_prefill: true,
+                    chunked_prefill: caps.chunked_prefill,
+                    split: split.then(|| (*caps).clone()),
                 };
                 let sched = Scheduler::new(sched_cfg, KvCache::new(num_blocks, block_size));
                 let mut engine = Engine {
@@ -496,6 +525,8 @@ impl<B: Backend> Engine<B> {
                 self.not_admitted.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        let padded_tokens =
+            plan_shape(self.backend.caps(), &step.plan).map_or(step.plan.tokens.len(), |c| c.padded_tokens);
         let output = match self.backend.execute(&step.plan) {
             Ok(o) => o,
             Err(e) => {
@@ -545,6 +576,7 @@ impl<B: Backend> Engine<B> {
             seqs: step.seqs.len(),
             prefill_tokens: prefill,
             decode_tokens: step.plan.tokens.len() - prefill,
+            padded_tokens,
             duration: start.elapsed(),
         };
         self.steps += 1;

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hearth_core::{LogitsWanted, RequestId, StepPlan};
+use hearth_core::{BackendCaps, LogitsWanted, RequestId, StepPlan, plan_shape};
 use hearth_kv::{CacheScope, KvCache, KvStats, SeqBlocks};
 
 #[derive(Clone, Debug)]
@@ -15,6 +15,10 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     /// Whether a prompt may be split over several steps (else it must fit the budget whole).
     pub chunked_prefill: bool,
+    /// The backend's shape rules when it cannot mix prefill and decode in one step (a static-shape
+    /// backend): steps are then planned by [`Scheduler::schedule`]'s split policy and every step is
+    /// checked with [`plan_shape`]. `None` for dynamic backends.
+    pub split: Option<BackendCaps>,
 }
 
 /// A request as the scheduler sees it: token ids and limits, no sampling details.
@@ -42,6 +46,8 @@ pub enum AddError {
     EmptyPrompt,
     #[error("duplicate request id {0}")]
     Duplicate(RequestId),
+    #[error("prompt of {prompt} tokens exceeds the longest prompt one step can take ({max})")]
+    PromptTooLong { prompt: usize, max: usize },
 }
 
 /// One request's part of a step.
@@ -160,6 +166,12 @@ impl Scheduler {
         if needed > self.kv.num_blocks() {
             return Err(AddError::TooLarge { needed, total: self.kv.num_blocks() });
         }
+        if let Some(caps) = &self.cfg.split
+            && !caps.chunked_prefill
+            && req.prompt.len() > caps.max_prompt_per_step()
+        {
+            return Err(AddError::PromptTooLong { prompt: req.prompt.len(), max: caps.max_prompt_per_step() });
+        }
         if self.waiting.len() >= self.cfg.max_waiting {
             return Err(AddError::QueueFull(self.cfg.max_waiting));
         }
@@ -193,6 +205,11 @@ impl Scheduler {
 
     /// Plans the next step.
     pub fn schedule(&mut self) -> ScheduledStep {
+        if let Some(caps) = self.cfg.split.take() {
+            let step = self.schedule_split(&caps);
+            self.cfg.split = Some(caps);
+            return step;
+        }
         let mut budget = self.cfg.max_batch_tokens;
         let mut step = ScheduledStep::default();
         let mut planned: Vec<((i32, u64), usize)> = Vec::new();
@@ -245,7 +262,72 @@ impl Scheduler {
             }
         }
         debug_assert!(planned.len() <= self.cfg.max_num_seqs, "admission respects the sequence cap");
+        self.plan_into(&mut step, planned);
+        step
+    }
 
+    /// The split policy of backends that cannot mix prefill and decode (vLLM-on-Neuron's): a step
+    /// is either prefill — waiting requests, best first, each whole from position 0 (no chunking,
+    /// no prefix-cache hits unless the backend has them), while a KV slot is free and the grown
+    /// step still fits a compiled shape — or, when no request can be admitted, decode — every
+    /// running request one token, best first, as many as a compiled shape holds. Prefill goes
+    /// first, so a new request waits at most one step for its prompt; slots are sized for the whole
+    /// request at admission, so nothing is ever preempted.
+    fn schedule_split(&mut self, caps: &BackendCaps) -> ScheduledStep {
+        let mut step = ScheduledStep::default();
+        let mut planned: Vec<((i32, u64), usize)> = Vec::new();
+        let mut trial = StepPlan::default();
+        let max_running = match &caps.shapes {
+            hearth_core::ShapePolicy::Bucketed(g) => g.max_decode_batch(),
+            hearth_core::ShapePolicy::Dynamic => usize::MAX,
+        };
+        while planned.len() < self.cfg.max_num_seqs && self.running.len() < max_running {
+            let Some((&key, seq)) = self.waiting.iter().next() else { break };
+            trial.push(&seq.tokens, 0, vec![0], LogitsWanted::Last);
+            if trial.tokens.len() > self.cfg.max_batch_tokens || plan_shape(caps, &trial).is_err() {
+                trial.pop();
+                break;
+            }
+            let reuse = caps.prefix_cache && caps.chunked_prefill && !seq.prompt_logits_pending;
+            let Ok(blocks) = self.kv.allocate_with(seq.req.scope, &seq.tokens, reuse) else {
+                trial.pop();
+                break;
+            };
+            if blocks.cached_tokens() > 0 {
+                trial.pop();
+                break; // a prefix hit would make a chunk from a later position: not a compiled shape
+            }
+            let mut seq = self.waiting.remove(&key).expect("key just seen. This is a bug.");
+            seq.computed = 0;
+            seq.cached_prompt.get_or_insert(0);
+            seq.blocks = Some(blocks);
+            planned.push((key, seq.tokens.len()));
+            self.index.insert(seq.req.id, (key, true));
+            self.running.insert(key, seq);
+        }
+        if planned.is_empty() {
+            for (&key, seq) in &mut self.running {
+                if planned.len() >= self.cfg.max_num_seqs {
+                    break;
+                }
+                let want = seq.tokens.len() - seq.computed;
+                debug_assert_eq!(want, 1, "a running request of a split backend decodes. This is a bug.");
+                trial.push(&seq.tokens[seq.computed..], seq.computed, vec![0], LogitsWanted::Last);
+                if plan_shape(caps, &trial).is_err() {
+                    break;
+                }
+                let blocks = seq.blocks.as_mut().expect("running requests hold blocks. This is a bug.");
+                if blocks.reserve(seq.tokens.len()).is_err() {
+                    break; // cannot happen with slots (reserved whole at admission)
+                }
+                planned.push((key, want));
+            }
+        }
+        self.plan_into(&mut step, planned);
+        step
+    }
+
+    fn plan_into(&self, step: &mut ScheduledStep, planned: Vec<((i32, u64), usize)>) {
         for (key, n) in planned {
             let seq = &self.running[&key];
             let start = seq.computed;
@@ -259,7 +341,6 @@ impl Scheduler {
             step.plan.push(&seq.tokens[start..start + n], start, table, logits);
             step.seqs.push(ScheduledSeq { id: seq.req.id, tokens: n, sample, start });
         }
-        step
     }
 
     fn preempt(&mut self, key: (i32, u64)) {

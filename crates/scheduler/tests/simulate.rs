@@ -14,7 +14,7 @@ fn fake_token(id: RequestId, position: usize) -> u32 {
 }
 
 fn cfg(max_batch_tokens: usize, max_num_seqs: usize) -> SchedulerConfig {
-    SchedulerConfig { max_batch_tokens, max_num_seqs, max_waiting: 1000, chunked_prefill: true }
+    SchedulerConfig { max_batch_tokens, max_num_seqs, max_waiting: 1000, chunked_prefill: true, split: None }
 }
 
 fn req(id: u64, prompt_len: usize, max_tokens: usize, priority: i32) -> NewRequest {

@@ -35,6 +35,10 @@ pub const GENERATION_TOKENS_TOTAL: &str = "hearth_generation_tokens_total";
 pub const PREEMPTIONS_TOTAL: &str = "hearth_preemptions_total";
 pub const STEP_DURATION_SECONDS: &str = "hearth_step_duration_seconds";
 pub const BATCH_TOKENS: &str = "hearth_batch_tokens";
+/// Tokens computed only to fill a compiled shape (static-shape backends; 0 elsewhere).
+pub const PADDING_TOKENS_TOTAL: &str = "hearth_padding_tokens_total";
+/// Tokens the backend computed, padding included.
+pub const COMPUTED_TOKENS_TOTAL: &str = "hearth_computed_tokens_total";
 pub const MODEL_INFO: &str = "hearth_model_info";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 
@@ -96,6 +100,12 @@ fn describe() {
     describe_gauge!(REQUESTS_IN_FLIGHT, "Generation RPCs in progress.");
     describe_gauge!(KV_CACHE_USAGE_RATIO, "Fraction of KV blocks held by running requests.");
     describe_gauge!(KV_CACHE_BLOCKS, "KV blocks by state (free, used, cached).");
+    describe_counter!(COMPUTED_TOKENS_TOTAL, Unit::Count, "Tokens the backend computed, padding included.");
+    describe_counter!(
+        PADDING_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens computed only to fill a compiled shape (static-shape backends)."
+    );
     describe_counter!(PREFIX_CACHE_QUERIES_TOTAL, Unit::Count, "Prompt tokens looked up in the prefix cache.");
     describe_counter!(PREFIX_CACHE_HITS_TOTAL, Unit::Count, "Prompt tokens served from the prefix cache.");
     describe_histogram!(TIME_TO_FIRST_TOKEN_SECONDS, Unit::Seconds, "Arrival to first generated token.");
@@ -120,7 +130,10 @@ pub fn step_observer() -> hearth_engine::StepObserver {
             (true, true) => "mixed",
         };
         histogram!(STEP_DURATION_SECONDS, "kind" => kind).record(s.duration.as_secs_f64());
-        histogram!(BATCH_TOKENS).record((s.prefill_tokens + s.decode_tokens) as f64);
+        let real = s.prefill_tokens + s.decode_tokens;
+        histogram!(BATCH_TOKENS).record(real as f64);
+        counter!(COMPUTED_TOKENS_TOTAL).increment(s.padded_tokens.max(real) as u64);
+        counter!(PADDING_TOKENS_TOTAL).increment(s.padded_tokens.saturating_sub(real) as u64);
     })
 }
 

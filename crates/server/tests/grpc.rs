@@ -25,7 +25,7 @@ fn load(cfg: EngineConfig, kv_tokens: usize) -> Served {
     let b =
         CpuBackend::load(&g, &CpuOptions { kv_cache_bytes: kv_tokens * per_token, ..CpuOptions::default() }).unwrap();
     let caps = hearth_core::Backend::caps(&b).clone();
-    let hearth_core::KvLayout::Paged { block_size, num_blocks } = caps.kv;
+    let (block_size, num_blocks) = caps.kv.pool();
     let cfg = EngineConfig { eog_tokens: tok.eog_tokens().to_vec(), ..cfg };
     let (engine, _) = Engine::spawn(b, cfg, Some(hearth_server::metrics::step_observer()));
     Served {

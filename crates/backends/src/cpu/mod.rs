@@ -88,14 +88,13 @@ impl CpuBackend {
         let mut ops = CpuOps::new(spec, opts.block_size, num_blocks);
         ops.set_exact_matmul(opts.exact_matmul);
         let model = weights(&mut ops, &config)?;
-        let caps = BackendCaps {
-            name: "cpu",
-            kv: KvLayout::Paged { block_size: opts.block_size, num_blocks },
-            max_context: config.context_length().min(num_blocks * opts.block_size),
-            max_batch_tokens: opts.max_batch_tokens,
-            mixed_prefill_decode: true,
-            vocab_size: config.vocab_size(),
-        };
+        let caps = BackendCaps::dynamic(
+            "cpu",
+            KvLayout::Paged { block_size: opts.block_size, num_blocks },
+            config.context_length().min(num_blocks * opts.block_size),
+            opts.max_batch_tokens,
+            config.vocab_size(),
+        );
         Ok(CpuBackend { ops, model, caps, config })
     }
 

@@ -156,14 +156,13 @@ impl CudaBackend {
         let gpu = Gpu::open(opts.device)?;
         let mut ops = CudaOps::new(gpu, config.kv_spec(), opts.block_size, num_blocks, dtype)?;
         let model = weights(&mut ops, &config)?;
-        let caps = BackendCaps {
-            name: "cuda",
-            kv: KvLayout::Paged { block_size: opts.block_size, num_blocks },
-            max_context: config.context_length().min(num_blocks * opts.block_size),
-            max_batch_tokens: opts.max_batch_tokens,
-            mixed_prefill_decode: true,
-            vocab_size: config.vocab_size(),
-        };
+        let caps = BackendCaps::dynamic(
+            "cuda",
+            KvLayout::Paged { block_size: opts.block_size, num_blocks },
+            config.context_length().min(num_blocks * opts.block_size),
+            opts.max_batch_tokens,
+            config.vocab_size(),
+        );
         let graphs = Graphs {
             enabled: opts.cuda_graphs,
             max_rows: opts.max_graph_batch,
