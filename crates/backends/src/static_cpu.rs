@@ -3,9 +3,9 @@
 //! reference executor for hearth's static-shape path, not Neuron support.
 //!
 //! - **Buckets.** A closed [`BucketGrid`] of prefill `(tokens, batch)` and decode `(batch, kv_len)`
-//!   shapes. Each bucket gets a [`Graph`]: a step function specialised to that shape, whose inputs
-//!   (ids, positions, slot ids, real lengths) must have exactly the bucket's sizes and whose
-//!   output is always `batch` rows. The registry is built at load; warmup runs every graph once;
+//!   shapes. Each bucket gets a [`Graph`]: nothing is compiled — it is the CPU forward behind an
+//!   exact-size contract (inputs — ids, positions, slot ids, real lengths — must have exactly the
+//!   bucket's sizes; the output is always `batch` rows), with its plan buffers kept between runs. The registry is built at load; warmup runs every graph once;
 //!   a step whose shape has no graph is an error (never a fallback to a dynamic shape).
 //! - **Slot KV.** Persistent per layer, one slot of `max_len` positions per running sequence plus
 //!   one padding slot (NxD Inference's `kv_cache_padding_size = 1`): `[num_slots + 1, max_len,
@@ -111,7 +111,7 @@ impl StaticCpuOptions {
     }
 }
 
-/// A step function specialised to one bucket.
+/// The step function of one bucket: the CPU forward behind the bucket's exact sizes.
 #[derive(Debug)]
 struct Graph {
     bucket: Bucket,

@@ -93,6 +93,15 @@ impl BackendCaps {
         }
     }
 
+    /// The longest sequence (prompt + generated) the backend can run: its context, and on a
+    /// bucketed backend also the largest decode KV length.
+    pub fn max_sequence(&self) -> usize {
+        match &self.shapes {
+            ShapePolicy::Dynamic => self.max_context,
+            ShapePolicy::Bucketed(g) => self.max_context.min(g.max_kv_len()),
+        }
+    }
+
     /// The longest prompt one step can take when prompts cannot be chunked.
     pub fn max_prompt_per_step(&self) -> usize {
         match &self.shapes {

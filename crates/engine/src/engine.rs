@@ -252,7 +252,7 @@ impl EngineHandle {
                 format!("at most {MAX_TOP_LOGPROBS} alternatives, got {}", req.sampling.top_logprobs),
             );
         }
-        let max_context = self.caps.max_context;
+        let max_context = self.caps.max_sequence();
         if req.prompt.len() + req.max_tokens > max_context {
             return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, max_context });
         }
@@ -364,8 +364,15 @@ impl<B: Backend + 'static> Engine<B> {
             .spawn(move || {
                 let (block_size, num_blocks) = caps.kv.pool();
                 let split = !caps.mixed_prefill_decode || caps.shapes != ShapePolicy::Dynamic;
+                // A static-shape backend's grid bounds its steps; the engine's token budget does not
+                // apply there (a smaller one could make admissible prompts unschedulable).
+                let max_batch_tokens = if split {
+                    caps.max_batch_tokens.max(caps.max_prompt_per_step())
+                } else {
+                    cfg.max_batch_tokens.min(caps.max_batch_tokens)
+                };
                 let sched_cfg = SchedulerConfig {
-                    max_batch_tokens: cfg.max_batch_tokens.min(caps.max_batch_tokens),
+                    max_batch_tokens,
                     max_num_seqs: cfg.max_num_seqs,
                     max_waiting: usize::MAX, // the handle enforces the limit at submission
                     chunked_prefill: caps.chunked_prefill,
@@ -415,7 +422,7 @@ impl<B: Backend> Engine<B> {
             }
             self.drop_abandoned();
             let step = self.sched.schedule();
-            let ran = !step.is_empty();
+            let ran = !step.is_empty() || !step.refused.is_empty();
             if ran {
                 self.run_step(step);
             }
@@ -504,6 +511,12 @@ impl<B: Backend> Engine<B> {
 
     fn run_step(&mut self, mut step: ScheduledStep) {
         let start = Instant::now();
+        for (id, why) in std::mem::take(&mut step.refused) {
+            self.finish(id, FinishReason::Error(why));
+        }
+        if step.is_empty() {
+            return;
+        }
         // Plain-greedy requests past their min_tokens need only the argmax: let the backend take it.
         for (s, plan) in step.seqs.iter().zip(step.plan.seqs.iter_mut()) {
             if s.sample

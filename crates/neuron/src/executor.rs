@@ -30,7 +30,7 @@ use crate::manifest::{BucketEntry, Manifest, Outputs, Sampling};
 use crate::neff::NeffHeader;
 use crate::status::{ErrorClass, NrtError};
 use crate::sys::{
-    self, Model, NRT_DTYPE_FLOAT32, NRT_DTYPE_INT32, NRT_TENSOR_PLACEMENT_DEVICE, NRT_TENSOR_USAGE_INPUT,
+    Model, NRT_DTYPE_FLOAT32, NRT_DTYPE_INT32, NRT_TENSOR_PLACEMENT_DEVICE, NRT_TENSOR_USAGE_INPUT,
     NRT_TENSOR_USAGE_OUTPUT, Nrt, Tensor, TensorInfo, TensorSet,
 };
 
@@ -41,10 +41,6 @@ pub struct NeuronOptions {
     pub manifest: PathBuf,
     /// libnrt to open; `None` tries `libnrt.so.1`, then `libnrt.so`.
     pub library: Option<PathBuf>,
-    /// `NEURON_RT_VISIBLE_CORES` to set before `nrt_init`: one core (`"3"`) or a contiguous range
-    /// (`"3-6"`). `None` leaves the environment as it is. Setting it mutates the process
-    /// environment: load the backend before other threads start.
-    pub visible_cores: Option<String>,
     /// Extra attempts of `nrt_execute` after a retryable status (`RESOURCE`, `QUEUE_FULL`,
     /// `EXEC_NC_BUSY`).
     pub exec_retries: usize,
@@ -52,7 +48,7 @@ pub struct NeuronOptions {
 
 impl NeuronOptions {
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
-        NeuronOptions { manifest: manifest.into(), library: None, visible_cores: None, exec_retries: 3 }
+        NeuronOptions { manifest: manifest.into(), library: None, exec_retries: 3 }
     }
 }
 
@@ -126,11 +122,15 @@ fn i32_bytes(values: impl IntoIterator<Item = u32>) -> Vec<u8> {
 impl NeuronBackend {
     /// Opens libnrt, reads the manifest and the NEFFs, loads every bucket, checks each graph's
     /// tensors against the manifest, and allocates device tensors and tensor sets.
+    ///
+    /// NeuronCores are chosen the Neuron way: libnrt reads `NEURON_RT_VISIBLE_CORES` from the
+    /// process environment at `nrt_init` (set it where the server starts; hearth never changes its
+    /// own environment, which is unsound once threads run). Its syntax is checked here.
     pub fn load(opts: &NeuronOptions) -> Result<Self, NeuronError> {
         let (manifest, dir) = Manifest::load(&opts.manifest)?;
         let grid = manifest.grid()?;
-        if let Some(v) = &opts.visible_cores {
-            parse_visible_cores(v)?;
+        if let Ok(v) = std::env::var("NEURON_RT_VISIBLE_CORES") {
+            parse_visible_cores(&v)?;
         }
         let nrt = Nrt::open(opts.library.as_deref())?;
         tracing::info!(library = %nrt.path, model = %manifest.model, buckets = manifest.buckets.len(), "loading neuron backend");
@@ -173,9 +173,6 @@ impl NeuronBackend {
             prompt_logits: false,
         };
 
-        if let Some(v) = &opts.visible_cores {
-            sys::set_runtime_env("NEURON_RT_VISIBLE_CORES", v);
-        }
         let mut b = NeuronBackend {
             caps,
             manifest,
@@ -533,10 +530,8 @@ impl Backend for NeuronBackend {
 }
 
 impl Drop for NeuronBackend {
+    /// Sets first (they reference tensors), then models, then tensors, then the runtime.
     fn drop(&mut self) {
-        for t in self.tensors.drain(..) {
-            self.nrt.tensor_free(t);
-        }
         for s in self.sets.drain(..) {
             self.nrt.destroy_tensor_set(s);
         }
@@ -544,6 +539,9 @@ impl Drop for NeuronBackend {
             if let Err(e) = self.nrt.unload(m) {
                 tracing::warn!(error = %e, "nrt_unload failed");
             }
+        }
+        for t in self.tensors.drain(..) {
+            self.nrt.tensor_free(t);
         }
         if self.initialized {
             self.nrt.close();

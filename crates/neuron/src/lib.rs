@@ -6,7 +6,7 @@
 //! has never been run on Trainium or Inferentia hardware, so nothing here claims it works there.
 //!
 //! Layout:
-//! * [`sys`]: hand-written bindings, loaded with `libloading` (the only FFI module);
+//! * `sys`: hand-written bindings, loaded with `libloading` (the only FFI module);
 //! * [`status`]: status codes and their classification;
 //! * [`neff`]: the NEFF header, checked on the CPU before loading;
 //! * [`manifest`]: the operator-written `manifest.json` naming the NEFFs and tensors by role;
@@ -17,7 +17,7 @@ pub mod executor;
 pub mod manifest;
 pub mod neff;
 pub mod status;
-pub mod sys;
+mod sys;
 
 mod error;
 

@@ -8,7 +8,8 @@
 //! Classification ([`ErrorClass`]) drives what the executor does: `Retryable` errors are retried a
 //! bounded number of times, everything else fails the step or the load. The mapping to
 //! [`hearth_core::BackendError`] is `Unavailable` for a replica that is busy, unhealthy or needs a
-//! reset (the engine drains it), `Internal` otherwise (a bug or a bad artifact).
+//! reset (the step fails; hearth does not yet take itself out of service, so the operator drains
+//! the replica), `Internal` otherwise (a bug or a bad artifact).
 
 use hearth_core::BackendError;
 
@@ -46,7 +47,7 @@ pub const NRT_NETWORK_PROXY_FAILURE: i32 = 1206;
 pub enum ErrorClass {
     /// Capacity or contention (`RESOURCE`, `QUEUE_FULL`, `EXEC_NC_BUSY`): worth a bounded retry.
     Retryable,
-    /// The replica is unhealthy and must be drained (`TIMEOUT`, `HW_ERROR`, the 12xx hardware codes).
+    /// The replica is unhealthy and should be drained by the operator (`TIMEOUT`, `HW_ERROR`, the 12xx hardware codes).
     Unhealthy,
     /// The core or process needs a reset (`EXEC_UNIT_UNRECOVERABLE`).
     NeedsReset,

@@ -11,6 +11,11 @@
 //! methods over opaque handles ([`Model`], [`Tensor`], [`TensorSet`]) that only those methods
 //! create; a handle is consumed when it is freed, so it cannot be used afterwards. Status codes
 //! are plain `c_int` (see [`crate::status`]).
+
+// Private to the crate: its handles are not tied to the library's lifetime, so only
+// `NeuronBackend` (which owns both and frees handles before closing) may use them. The whole
+// documented surface is bound, used or not.
+#![allow(dead_code)]
 #![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 
@@ -435,16 +440,6 @@ impl Nrt {
         // SAFETY: checked non-null; the runtime owns the static string.
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
-}
-
-/// Sets an environment variable libnrt reads at `nrt_init` (`NEURON_RT_VISIBLE_CORES`).
-///
-/// Must be called before [`Nrt::init`], while no other thread reads or writes the environment
-/// (the loading thread does this once at startup; see [`crate::NeuronOptions`]).
-pub(crate) fn set_runtime_env(key: &str, value: &str) {
-    // SAFETY: the caller contract above: the environment is not accessed concurrently while the
-    // backend loads (hearth loads backends before it starts serving threads).
-    unsafe { std::env::set_var(key, value) }
 }
 
 #[cfg(test)]

@@ -252,8 +252,12 @@ fn decode_plan(seqs: &[(u32, usize, u32)], want: LogitsWanted) -> StepPlan {
 #[test]
 fn call_sequence_runs_from_init_to_close() {
     let fx = Fixture::new("sequence", TOY);
-    let opts = NeuronOptions { visible_cores: Some("1-2".into()), ..fx.options() };
-    let mut be = NeuronBackend::load(&opts).unwrap();
+    // SAFETY: the mock tests run one at a time (`serial`), and nothing else in this test binary
+    // reads the environment meanwhile.
+    unsafe { std::env::set_var("NEURON_RT_VISIBLE_CORES", "1-2") };
+    let loaded = NeuronBackend::load(&fx.options());
+    unsafe { std::env::remove_var("NEURON_RT_VISIBLE_CORES") };
+    let mut be = loaded.unwrap();
     assert_eq!(fx.visible_cores().as_deref(), Some("1-2"), "NEURON_RT_VISIBLE_CORES is set before nrt_init");
 
     let caps = be.caps().clone();
@@ -311,11 +315,11 @@ fn call_sequence_runs_from_init_to_close() {
     assert_eq!(execs[6], "synthetic_prefill_t8_b1");
     let exec = last(&log, "nrt_execute");
     assert_eq!(call(&log[exec + 1]), "nrt_tensor_read", "the output is read after execute");
-    // Teardown order: free tensors, destroy sets, unload models, close.
-    assert!(last(&log, "nrt_tensor_read") < first(&log, "nrt_tensor_free"));
-    assert!(last(&log, "nrt_tensor_free") < first(&log, "nrt_destroy_tensor_set"));
+    // Teardown order: destroy sets (they reference tensors), unload models, free tensors, close.
+    assert!(last(&log, "nrt_tensor_read") < first(&log, "nrt_destroy_tensor_set"));
     assert!(last(&log, "nrt_destroy_tensor_set") < first(&log, "nrt_unload"));
-    assert!(last(&log, "nrt_unload") < first(&log, "nrt_close"));
+    assert!(last(&log, "nrt_unload") < first(&log, "nrt_tensor_free"));
+    assert!(last(&log, "nrt_tensor_free") < first(&log, "nrt_close"));
 }
 
 #[test]
@@ -486,7 +490,7 @@ fn a_missing_library_lists_the_names_tried() {
     assert!(matches!(BackendError::from(e), BackendError::Unavailable(_)));
     // Without a path the loader's search path is tried; on hosts without the Neuron SDK both
     // default names fail and are listed.
-    if let Err(e) = hearth_neuron::sys::Nrt::open(None) {
+    if let Err(e) = NeuronBackend::load(&NeuronOptions { library: None, ..fx.options() }) {
         let m = e.to_string();
         assert!(m.contains("libnrt.so.1") && m.contains("'libnrt.so'"), "{m}");
     }

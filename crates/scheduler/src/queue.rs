@@ -69,6 +69,9 @@ pub struct ScheduledStep {
     pub seqs: Vec<ScheduledSeq>,
     /// Requests preempted (sent back to waiting) while planning this step.
     pub preempted: Vec<RequestId>,
+    /// Requests removed because no step the backend can run could ever hold them (a static-shape
+    /// backend whose grid cannot take them), with the reason; their blocks are already freed.
+    pub refused: Vec<(RequestId, String)>,
 }
 
 impl ScheduledStep {
@@ -284,19 +287,27 @@ impl Scheduler {
         while planned.len() < self.cfg.max_num_seqs && self.running.len() < max_running {
             let Some((&key, seq)) = self.waiting.iter().next() else { break };
             trial.push(&seq.tokens, 0, vec![0], LogitsWanted::Last);
-            if trial.tokens.len() > self.cfg.max_batch_tokens || plan_shape(caps, &trial).is_err() {
+            let fits = match plan_shape(caps, &trial) {
+                Ok(_) if trial.tokens.len() <= self.cfg.max_batch_tokens => Ok(()),
+                Ok(_) => Err(format!("{} tokens exceed the step budget", trial.tokens.len())),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = fits {
                 trial.pop();
+                if trial.seqs.is_empty() {
+                    // Alone it fits no shape: it never will. Refuse it rather than block the queue.
+                    let id = seq.req.id;
+                    self.remove(id);
+                    step.refused.push((id, format!("the backend cannot run this prompt: {why}")));
+                    continue;
+                }
                 break;
             }
-            let reuse = caps.prefix_cache && caps.chunked_prefill && !seq.prompt_logits_pending;
-            let Ok(blocks) = self.kv.allocate_with(seq.req.scope, &seq.tokens, reuse) else {
+            // No prefix-cache hits: a hit would make a chunk from a later position.
+            let Ok(blocks) = self.kv.allocate_with(seq.req.scope, &seq.tokens, false) else {
                 trial.pop();
                 break;
             };
-            if blocks.cached_tokens() > 0 {
-                trial.pop();
-                break; // a prefix hit would make a chunk from a later position: not a compiled shape
-            }
             let mut seq = self.waiting.remove(&key).expect("key just seen. This is a bug.");
             seq.computed = 0;
             seq.cached_prompt.get_or_insert(0);
@@ -305,7 +316,8 @@ impl Scheduler {
             self.index.insert(seq.req.id, (key, true));
             self.running.insert(key, seq);
         }
-        if planned.is_empty() {
+        if planned.is_empty() && step.refused.is_empty() {
+            let mut lone = Vec::new();
             for (&key, seq) in &mut self.running {
                 if planned.len() >= self.cfg.max_num_seqs {
                     break;
@@ -313,7 +325,10 @@ impl Scheduler {
                 let want = seq.tokens.len() - seq.computed;
                 debug_assert_eq!(want, 1, "a running request of a split backend decodes. This is a bug.");
                 trial.push(&seq.tokens[seq.computed..], seq.computed, vec![0], LogitsWanted::Last);
-                if plan_shape(caps, &trial).is_err() {
+                if let Err(e) = plan_shape(caps, &trial) {
+                    if trial.seqs.len() == 1 {
+                        lone.push((seq.req.id, format!("the backend cannot decode this sequence: {e}")));
+                    }
                     break;
                 }
                 let blocks = seq.blocks.as_mut().expect("running requests hold blocks. This is a bug.");
@@ -321,6 +336,10 @@ impl Scheduler {
                     break; // cannot happen with slots (reserved whole at admission)
                 }
                 planned.push((key, want));
+            }
+            for (id, why) in lone {
+                self.remove(id);
+                step.refused.push((id, why));
             }
         }
         self.plan_into(&mut step, planned);

@@ -100,6 +100,44 @@ fn prompts_longer_than_the_largest_prefill_bucket_are_refused() {
     assert_eq!(s.add(req(1, 65, 1)), Err(AddError::PromptTooLong { prompt: 65, max: 64 }));
 }
 
+/// What no compiled shape can ever hold is refused (with its slot freed), never left to block the
+/// queue or the running batch.
+#[test]
+fn requests_no_shape_can_hold_are_refused_not_left_blocking() {
+    // A step budget below the largest prefill bucket: a 40-token prompt can never be scheduled.
+    let c = caps(&[1], &[4]);
+    let cfg = SchedulerConfig {
+        max_batch_tokens: 32,
+        max_num_seqs: 64,
+        max_waiting: 100,
+        chunked_prefill: false,
+        split: Some(c),
+    };
+    let mut s = Scheduler::new(cfg, KvCache::new(SLOTS, MAX_LEN));
+    s.add(req(1, 40, 4)).unwrap();
+    s.add(req(2, 10, 4)).unwrap();
+    let step = s.schedule();
+    assert_eq!(step.refused.len(), 1);
+    assert_eq!(step.refused[0].0, RequestId(1));
+    assert!(step.refused[0].1.contains("cannot run this prompt"), "{}", step.refused[0].1);
+    assert_eq!(step.seqs.iter().map(|q| q.id.0).collect::<Vec<_>>(), vec![2], "the next request is served");
+
+    // Decode buckets shorter than a slot: a sequence that outgrows the largest is refused.
+    let grid = BucketGrid::cross(&[16, 32], &[1], &[1, 2], &[32], FitRule::AtLeast).unwrap();
+    let short = BackendCaps { shapes: ShapePolicy::Bucketed(grid), ..caps(&[1], &[4]) };
+    let mut s = sched(short);
+    s.add(req(1, 30, 10)).unwrap();
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        let step = s.schedule();
+        refused.extend(step.refused.iter().map(|(id, _)| *id));
+        let sampled: Vec<Option<u32>> = step.seqs.iter().map(|_| Some(5)).collect();
+        s.update(&step, &sampled);
+    }
+    assert_eq!(refused, vec![RequestId(1)], "refused when its context passes 32");
+    assert_eq!((s.stats().running, s.stats().kv.used), (0, 0));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
