@@ -4,6 +4,7 @@
 //!
 //!     cargo bench -p hearth-benches --bench profile
 //!     HEARTH_PROFILE_PREFILL=2000 cargo bench -p hearth-benches --bench profile
+//!     HEARTH_PROFILE_BATCHES=16,32 HEARTH_PROFILE_PREFILL=0 cargo bench -p hearth-benches --bench profile
 
 use std::time::{Duration, Instant};
 
@@ -53,14 +54,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    for batch in [1usize, 16] {
+    // HEARTH_PROFILE_BATCHES=16,32: other decode batches.
+    let batches: Vec<usize> = std::env::var("HEARTH_PROFILE_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16]);
+    for batch in batches {
         let mut b = cpu_backend(batch * (CONTEXT + 16));
         let tables = prefill_sequences(&mut b, batch, CONTEXT);
         let plan = decode_plan(&tables, CONTEXT);
         report(&format!("decode, batch {batch}"), &mut b, &plan, 20);
     }
-    // HEARTH_PROFILE_PREFILL=2000: a longer prompt (attention grows with its square).
+    // HEARTH_PROFILE_PREFILL=2000: a longer prompt (attention grows with its square); 0: none.
     let len = std::env::var("HEARTH_PROFILE_PREFILL").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    if len == 0 {
+        return;
+    }
     let mut b = cpu_backend(len + 16);
     let table: Vec<u32> = (0..len.div_ceil(b.block_size()) as u32).collect();
     let plan = StepPlan::single(synthetic_tokens(len, 0), 0, table, LogitsWanted::Last);

@@ -310,8 +310,11 @@ async fn floods_are_refused_at_once_and_sigterm_drains() {
             }
         }
     }
+    // Two waiting places are always there; the running slot counts only once the engine has
+    // scheduled the first request, which may come after the others arrive (so 2 or more are served).
     assert!(refused.len() >= 6, "{} refused", refused.len());
-    assert!(served.len() >= 3 && served.iter().all(|(n, _)| *n == 12));
+    assert!(served.len() >= 2, "{} served", served.len());
+    assert!(served.iter().all(|(n, _)| *n == 12), "{served:?}");
     let first_done = served.iter().map(|(_, at)| *at).min().unwrap();
     assert!(refused.iter().all(|at| *at < first_done), "refusals come at once, before any generation ends");
     let m = server.metrics();
