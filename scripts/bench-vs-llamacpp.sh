@@ -11,9 +11,8 @@
 # LONG_LEN (2000: the long prompt of the mixed run at concurrency 16; MIX=0 skips that run),
 # LLAMA_SERVER (a built llama-server to use instead of building one), OUT (bench-results/<time>).
 #
-# llama-server is built from the llama.cpp source vendored in the llama-cpp-python sdist (pip
-# downloads it; cmake and ninja come from pip too): native CPU features minus AMX (a plain native
-# build crashes on these machines' AMX tiles), web UI off. Results: $OUT/*.json, $OUT/summary.md.
+# llama-server is built by scripts/build-llamacpp.sh (llama.cpp from the llama-cpp-python sdist,
+# native CPU features minus AMX). Results: $OUT/*.json, $OUT/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"
@@ -24,8 +23,6 @@ REQUESTS_PER_CLIENT="${REQUESTS_PER_CLIENT:-2}"
 THREADS="${THREADS:-$(nproc)}"
 PREFIX_LEN="${PREFIX_LEN:-1024}"
 OUT="${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)}"
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/hearth/llama.cpp"
-LLAMA_CPP_PYTHON="0.3.36"
 mkdir -p "$OUT"
 
 cargo build --release -q -p hearth-cli
@@ -35,20 +32,7 @@ MODEL_DIR="${HEARTH_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hearth/models}"
 GGUF="$MODEL_DIR/gemma3-270m/gemma-3-270m-q4_k_m.gguf"
 
 if [ -z "${LLAMA_SERVER:-}" ]; then
-    LLAMA_SERVER="$CACHE/build/bin/llama-server"
-    if [ ! -x "$LLAMA_SERVER" ]; then
-        mkdir -p "$CACHE"
-        python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/tools" cmake ninja
-        python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-            -d "$CACHE" "llama-cpp-python==$LLAMA_CPP_PYTHON"
-        tar -xzf "$CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$CACHE"
-        SRC="$CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
-        PATH="$CACHE/tools/bin:$PATH" PYTHONPATH="$CACHE/tools" cmake -S "$SRC" -B "$CACHE/build" -G Ninja \
-            -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
-            -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF \
-            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-        PATH="$CACHE/tools/bin:$PATH" PYTHONPATH="$CACHE/tools" cmake --build "$CACHE/build" --target llama-server -j "$THREADS"
-    fi
+    LLAMA_SERVER="$(bash scripts/build-llamacpp.sh llama-server)/llama-server"
 fi
 
 HTTP_PORT=18080

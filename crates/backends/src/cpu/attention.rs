@@ -128,51 +128,74 @@ fn attend_row(k: &[f32], v: &[f32], q: &[f32], p: &AttnParams, stride: usize, ou
         // accumulator chains); 16-lane chunks need head_dim % 16 == 0.
         let qg = &q[heads.start * d..heads.end * d];
         let og = &mut out[heads.start * d..heads.end * d];
+        let kv = Kv { k, v, off: g * d, stride, n };
         match group {
-            _ if !d.is_multiple_of(64) => grouped::<1>(qg, k, v, g * d, p, stride, n, &mut scores, og),
-            4 => grouped::<4>(qg, k, v, g * d, p, stride, n, &mut scores, og),
-            2 => grouped::<2>(qg, k, v, g * d, p, stride, n, &mut scores, og),
-            8 => grouped::<8>(qg, k, v, g * d, p, stride, n, &mut scores, og),
-            _ => grouped::<1>(qg, k, v, g * d, p, stride, n, &mut scores, og),
+            _ if !d.is_multiple_of(64) => grouped::<1>(qg, &kv, p, &mut scores, og),
+            4 => grouped::<4>(qg, &kv, p, &mut scores, og),
+            2 => grouped::<2>(qg, &kv, p, &mut scores, og),
+            8 => grouped::<8>(qg, &kv, p, &mut scores, og),
+            _ => grouped::<1>(qg, &kv, p, &mut scores, og),
         }
     }
 }
 
-/// Attention of `q.len() / head_dim` query heads over one KV head at column `off` of `k`/`v`,
-/// `G` heads at a time (the results do not depend on `G`: each head's arithmetic is the same).
-#[allow(clippy::too_many_arguments)]
-fn grouped<const G: usize>(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+/// One KV head's keys and values as a query row sees them: `n` keys at column `off` of rows of
+/// `stride` elements.
+struct Kv<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
     off: usize,
-    p: &AttnParams,
     stride: usize,
     n: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let d = p.head_dim;
-    let heads = q.len() / d;
-    for h0 in (0..heads).step_by(G) {
-        if G == 1 || !d.is_multiple_of(64) {
-            for h in h0..(h0 + G).min(heads) {
-                let qh = &q[h * d..(h + 1) * d];
-                for j in 0..n {
-                    scores[j] = score(dot(qh, &k[j * stride + off..][..d]), p);
-                }
-                softmax(&mut scores[..n]);
-                let oh = &mut out[h * d..(h + 1) * d];
-                for j in 0..n {
-                    let vj = &v[j * stride + off..][..d];
-                    oh.iter_mut().zip(vj).for_each(|(o, v)| *o = scores[j].mul_add(*v, *o));
-                }
-            }
-            continue;
+}
+
+impl Kv<'_> {
+    fn key(&self, j: usize, d: usize) -> &[f32] {
+        &self.k[j * self.stride + self.off..][..d]
+    }
+}
+
+/// Attention of `q.len() / head_dim` query heads over one KV head, `G` heads at a time. The
+/// results do not depend on `G` or on the instruction set: every (head, key) score is the same
+/// 16-lane fused multiply-add chain over `head_dim` and the same reduction tree ([`reduce16`]),
+/// every output element the same chain over the keys in order, as in the one-head path
+/// (`G == 1`), which the tests hold the others to bit for bit.
+fn grouped<const G: usize>(q: &[f32], kv: &Kv<'_>, p: &AttnParams, scores: &mut [f32], out: &mut [f32]) {
+    if G == 1 || !p.head_dim.is_multiple_of(64) {
+        return one_head(q, kv, p, scores, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::grouped_avx512::<G>(q, kv, p, scores, out) {
+        return;
+    }
+    grouped_portable::<G>(q, kv, p, scores, out)
+}
+
+/// The reference: one head at a time.
+fn one_head(q: &[f32], kv: &Kv<'_>, p: &AttnParams, scores: &mut [f32], out: &mut [f32]) {
+    let (d, n) = (p.head_dim, kv.n);
+    for h in 0..q.len() / d {
+        let qh = &q[h * d..(h + 1) * d];
+        let scores = &mut scores[..n];
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = score(dot(qh, kv.key(j, d)), p);
         }
+        softmax(scores);
+        let oh = &mut out[h * d..(h + 1) * d];
+        for (j, &w) in scores.iter().enumerate() {
+            let vj = &kv.v[j * kv.stride + kv.off..][..d];
+            oh.iter_mut().zip(vj).for_each(|(o, v)| *o = w.mul_add(*v, *o));
+        }
+    }
+}
+
+/// `G` heads at a time without explicit SIMD (head_dim a multiple of 64).
+fn grouped_portable<const G: usize>(q: &[f32], kv: &Kv<'_>, p: &AttnParams, scores: &mut [f32], out: &mut [f32]) {
+    let (d, n) = (p.head_dim, kv.n);
+    for h0 in (0..q.len() / d).step_by(G) {
         // Scores of G heads: one pass over the keys, G independent 16-lane accumulators.
         for j in 0..n {
-            let kj = &k[j * stride + off..][..d];
+            let kj = kv.key(j, d);
             let mut acc = [[0f32; 16]; G];
             for (c, kc) in kj.chunks_exact(16).enumerate() {
                 for (h, acc) in acc.iter_mut().enumerate() {
@@ -194,7 +217,7 @@ fn grouped<const G: usize>(
         for c0 in (0..d).step_by(PV_COLS) {
             let mut acc = [[0f32; PV_COLS]; G];
             for j in 0..n {
-                let vj = &v[j * stride + off + c0..][..PV_COLS];
+                let vj = &kv.v[j * kv.stride + kv.off + c0..][..PV_COLS];
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let w = scores[h * n + j];
                     for l in 0..PV_COLS {
@@ -204,6 +227,137 @@ fn grouped<const G: usize>(
             }
             for (h, acc) in acc.iter().enumerate() {
                 out[(h0 + h) * d + c0..][..PV_COLS].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::{AttnParams, Kv, score, softmax};
+
+    pub(super) fn available() -> bool {
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"))
+    }
+
+    /// The AVX-512 path for `G` heads where the CPU has it (false: nothing done, no AVX-512F).
+    pub(super) fn grouped_avx512<const G: usize>(
+        q: &[f32],
+        kv: &Kv<'_>,
+        p: &AttnParams,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        if !available() || !p.head_dim.is_multiple_of(64) {
+            return false;
+        }
+        // SAFETY: the CPU has AVX-512F and FMA; head_dim is a multiple of 64 = 16·PV for PV ≤ 4.
+        unsafe {
+            match G {
+                2 => grouped::<2, 8, 4>(q, kv, p, scores, out),
+                4 => grouped::<4, 4, 4>(q, kv, p, scores, out),
+                _ => grouped::<G, 2, 2>(q, kv, p, scores, out),
+            }
+        }
+        true
+    }
+
+    /// [`super::reduce16`] in registers: the same pairs added in the same order.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(v: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let x = _mm256_add_ps(_mm512_castps512_ps256(v), hi); // l + (l + 8)
+        let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x)); // + 4
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x)); // + 2
+        _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps::<1>(x, x))) // + 1
+    }
+
+    /// `G` heads at a time; scores `KT` keys at a time (each 16-lane chunk of a key and of a
+    /// query loaded once for `G·KT` multiply-adds); the weighted sum `PV` 16-lane value chunks at
+    /// a time. All accumulators stay in registers (`G·KT`, `G·PV` ≤ 16).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p.head_dim` is a multiple of `16·PV`; `q` holds whole heads, `kv` its keys.
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn grouped<const G: usize, const KT: usize, const PV: usize>(
+        q: &[f32],
+        kv: &Kv<'_>,
+        p: &AttnParams,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (d, n) = (p.head_dim, kv.n);
+        assert!(d.is_multiple_of(16 * PV) && q.len().is_multiple_of(G * d), "grouped: shapes. This is a bug.");
+        assert!(kv.n == 0 || kv.k.len() >= (n - 1) * kv.stride + kv.off + d, "grouped: keys. This is a bug.");
+        assert!(
+            kv.v.len() == kv.k.len() && scores.len() >= G * n && out.len() == q.len(),
+            "grouped: buffers. This is a bug."
+        );
+        let (kp, vp) = (kv.k.as_ptr().wrapping_add(kv.off), kv.v.as_ptr().wrapping_add(kv.off));
+        for h0 in (0..q.len() / d).step_by(G) {
+            let qp = q[h0 * d..].as_ptr();
+            let mut j0 = 0;
+            // SAFETY (loads): key rows j0 .. j0 + KT < n and columns c .. c + 16 ≤ d, within the
+            // asserted lengths; query heads h0 .. h0 + G of q.
+            while j0 + KT <= n {
+                let mut acc = [[_mm512_setzero_ps(); KT]; G];
+                for c in (0..d).step_by(16) {
+                    let kc: [__m512; KT] =
+                        std::array::from_fn(|t| unsafe { _mm512_loadu_ps(kp.add((j0 + t) * kv.stride + c)) });
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let qc = unsafe { _mm512_loadu_ps(qp.add(h * d + c)) };
+                        for (acc, kc) in acc.iter_mut().zip(kc) {
+                            *acc = _mm512_fmadd_ps(qc, kc, *acc);
+                        }
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    for (t, acc) in acc.iter().enumerate() {
+                        scores[h * n + j0 + t] = score(reduce16(*acc), p);
+                    }
+                }
+                j0 += KT;
+            }
+            for j in j0..n {
+                let mut acc = [_mm512_setzero_ps(); G];
+                for c in (0..d).step_by(16) {
+                    let kc = unsafe { _mm512_loadu_ps(kp.add(j * kv.stride + c)) };
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(qp.add(h * d + c)) }, kc, *acc);
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    scores[h * n + j] = score(reduce16(*acc), p);
+                }
+            }
+            for h in 0..G {
+                softmax(&mut scores[h * n..(h + 1) * n]);
+            }
+            for c0 in (0..d).step_by(16 * PV) {
+                let mut acc = [[_mm512_setzero_ps(); PV]; G];
+                for j in 0..n {
+                    // SAFETY: value row j < n, columns c0 .. c0 + 16·PV ≤ d.
+                    let vj: [__m512; PV] =
+                        std::array::from_fn(|c| unsafe { _mm512_loadu_ps(vp.add(j * kv.stride + c0 + 16 * c)) });
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(scores[h * n + j]);
+                        for (acc, vj) in acc.iter_mut().zip(vj) {
+                            *acc = _mm512_fmadd_ps(w, vj, *acc);
+                        }
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    for (c, acc) in acc.iter().enumerate() {
+                        // SAFETY: 16 outputs of head h0 + h at column c0 + 16·c < d.
+                        unsafe { _mm512_storeu_ps(out[(h0 + h) * d + c0 + 16 * c..][..16].as_mut_ptr(), *acc) };
+                    }
+                }
             }
         }
     }
@@ -255,4 +409,68 @@ fn softmax(x: &mut [f32]) {
     let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every grouped path against the one-head reference, bit for bit: key counts that are and
+    /// are not multiples of the key tile, with and without softcap, at a KV column offset.
+    fn check<const G: usize>() {
+        let (d, kv_heads) = (128, 2);
+        let stride = kv_heads * d;
+        for softcap in [None, Some(30.0)] {
+            let p = AttnParams {
+                layer: 0,
+                n_heads: 2 * G,
+                n_kv_heads: kv_heads,
+                head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                window: None,
+                softcap,
+            };
+            for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 37] {
+                let q: Vec<f32> = values(2 * G * d, n as u64).iter().map(|&x| 4.0 * x).collect();
+                let (k, v) = (values(n * stride, 100 + n as u64), values(n * stride, 200 + n as u64));
+                let kv = Kv { k: &k, v: &v, off: d, stride, n };
+                let mut scores = vec![0f32; 2 * G * n];
+                let mut want = vec![0f32; 2 * G * d];
+                one_head(&q, &kv, &p, &mut scores, &mut want);
+                assert!(want.iter().any(|&x| x != 0.0), "the reference computed something");
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let mut got = vec![0f32; 2 * G * d];
+                grouped_portable::<G>(&q, &kv, &p, &mut scores, &mut got);
+                assert_eq!(bits(&got), bits(&want), "portable, G {G}, {n} keys, softcap {softcap:?}");
+                #[cfg(target_arch = "x86_64")]
+                if x86::available() {
+                    let mut got = vec![0f32; 2 * G * d];
+                    assert!(x86::grouped_avx512::<G>(&q, &kv, &p, &mut scores, &mut got));
+                    assert_eq!(bits(&got), bits(&want), "AVX-512, G {G}, {n} keys, softcap {softcap:?}");
+                } else {
+                    eprintln!("no AVX-512F on this CPU: only the portable grouped path was checked");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_paths_match_the_one_head_reference_bit_for_bit() {
+        check::<2>();
+        check::<4>();
+        check::<8>();
+    }
 }

@@ -129,7 +129,10 @@ impl Backend for CpuBackend {
     fn execute(&mut self, step: &StepPlan) -> Result<StepOutput, BackendError> {
         crate::check_step(step, &self.caps, self.ops.block_size(), self.ops.num_blocks())?;
         let caps = &self.caps;
-        let logits = self.model.forward(&mut self.ops, step)?;
+        // The whole step runs on a worker of the pool, so the small elementwise ops between the
+        // matmuls run inline there instead of being handed to the pool one by one.
+        let (model, ops) = (&self.model, &mut self.ops);
+        let logits = rayon::scope(|_| model.forward(ops, step))?;
         let vocab = caps.vocab_size;
         let (keep, greedy) = split_greedy(step);
         if greedy.is_empty() {

@@ -95,6 +95,15 @@ pub struct CpuOps {
     exact_matmul: bool,
 }
 
+/// Elementwise work smaller than this many elements runs in one task: splitting it over the pool
+/// costs more than it saves (a decode step at batch 1 has ~200 such ops).
+const INLINE_ELEMENTS: usize = 16 * 1024;
+
+/// The fewest chunks of `chunk_len` elements worth a task of their own.
+fn inline_chunks(chunk_len: usize) -> usize {
+    (INLINE_ELEMENTS / chunk_len.max(1)).max(1)
+}
+
 fn shape_err(what: &str, detail: String) -> BackendError {
     BackendError::Internal(format!("{what}: {detail}. This is a bug."))
 }
@@ -264,7 +273,7 @@ impl Ops for CpuOps {
             return Err(shape_err("rms_norm", format!("{} columns in groups of {g}", x.cols)));
         }
         let mut out = x.data.clone();
-        out.par_chunks_mut(g).for_each(|chunk| {
+        out.par_chunks_mut(g).with_min_len(inline_chunks(g)).for_each(|chunk| {
             let s = rms_scale(chunk, eps);
             chunk.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
         });
@@ -277,10 +286,12 @@ impl Ops for CpuOps {
         if acc.rows != x.rows || acc.cols != x.cols || w.len() != x.cols {
             return Err(shape_err("add_rms_norm", format!("{}x{} += {}x{}", acc.rows, acc.cols, x.rows, x.cols)));
         }
-        acc.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(a, xr)| {
-            let s = rms_scale(xr, eps);
-            a.iter_mut().zip(xr).zip(w).for_each(|((a, x), w)| *a += x * s * w);
-        });
+        acc.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).with_min_len(inline_chunks(x.cols)).for_each(
+            |(a, xr)| {
+                let s = rms_scale(xr, eps);
+                a.iter_mut().zip(xr).zip(w).for_each(|((a, x), w)| *a += x * s * w);
+            },
+        );
         self.record(t0, || "add_rms_norm".into());
         Ok(())
     }
@@ -295,25 +306,27 @@ impl Ops for CpuOps {
         let table = self.rope_table(positions, p);
         let cols = x.cols;
         let interleaved = p.interleaved;
-        x.data.par_chunks_mut(cols).zip(table.par_chunks(2 * half)).for_each(|(row, cs)| {
-            let (cos, sin) = cs.split_at(half);
-            for head in row.chunks_mut(d) {
-                if interleaved {
-                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
-                        let (x0, x1) = (pair[0], pair[1]);
-                        pair[0] = x0 * cos[i] - x1 * sin[i];
-                        pair[1] = x0 * sin[i] + x1 * cos[i];
+        x.data.par_chunks_mut(cols).zip(table.par_chunks(2 * half)).with_min_len(inline_chunks(cols)).for_each(
+            |(row, cs)| {
+                let (cos, sin) = cs.split_at(half);
+                for head in row.chunks_mut(d) {
+                    if interleaved {
+                        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                            let (x0, x1) = (pair[0], pair[1]);
+                            pair[0] = x0 * cos[i] - x1 * sin[i];
+                            pair[1] = x0 * sin[i] + x1 * cos[i];
+                        }
+                        continue;
                     }
-                    continue;
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x0, x1) = (a[i], b[i]);
+                        a[i] = x0 * cos[i] - x1 * sin[i];
+                        b[i] = x0 * sin[i] + x1 * cos[i];
+                    }
                 }
-                let (a, b) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (x0, x1) = (a[i], b[i]);
-                    a[i] = x0 * cos[i] - x1 * sin[i];
-                    b[i] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
-        });
+            },
+        );
         self.record(t0, || "rope".into());
         Ok(())
     }
@@ -325,13 +338,15 @@ impl Ops for CpuOps {
         }
         let mut data = vec![0f32; gate.data.len()];
         let chunk = 4096;
-        data.par_chunks_mut(chunk).zip(gate.data.par_chunks(chunk)).zip(up.data.par_chunks(chunk)).for_each(
-            |((o, g), u)| {
+        data.par_chunks_mut(chunk)
+            .zip(gate.data.par_chunks(chunk))
+            .zip(up.data.par_chunks(chunk))
+            .with_min_len(inline_chunks(chunk))
+            .for_each(|((o, g), u)| {
                 for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                     *o = fastmath::gelu_tanh(g) * u;
                 }
-            },
-        );
+            });
         self.record(t0, || "gelu_mul".into());
         Ok(CpuAct::new(data, gate.rows, gate.cols))
     }
@@ -343,13 +358,15 @@ impl Ops for CpuOps {
         }
         let mut data = vec![0f32; gate.data.len()];
         let chunk = 4096;
-        data.par_chunks_mut(chunk).zip(gate.data.par_chunks(chunk)).zip(up.data.par_chunks(chunk)).for_each(
-            |((o, g), u)| {
+        data.par_chunks_mut(chunk)
+            .zip(gate.data.par_chunks(chunk))
+            .zip(up.data.par_chunks(chunk))
+            .with_min_len(inline_chunks(chunk))
+            .for_each(|((o, g), u)| {
                 for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                     *o = g / (1.0 + fastmath::exp(-g)) * u;
                 }
-            },
-        );
+            });
         self.record(t0, || "silu_mul".into());
         Ok(CpuAct::new(data, gate.rows, gate.cols))
     }
@@ -359,9 +376,11 @@ impl Ops for CpuOps {
             return Err(shape_err("add", format!("{}x{} += {}x{}", acc.rows, acc.cols, x.rows, x.cols)));
         }
         let t0 = self.start();
-        acc.data.par_chunks_mut(4096).zip(x.data.par_chunks(4096)).for_each(|(a, x)| {
-            a.iter_mut().zip(x).for_each(|(a, x)| *a += x);
-        });
+        acc.data.par_chunks_mut(4096).zip(x.data.par_chunks(4096)).with_min_len(inline_chunks(4096)).for_each(
+            |(a, x)| {
+                a.iter_mut().zip(x).for_each(|(a, x)| *a += x);
+            },
+        );
         self.record(t0, || "add".into());
         Ok(())
     }
