@@ -12,6 +12,7 @@ pub mod qgemm;
 use hearth_core::{Backend, BackendCaps, BackendError, KvLayout, StepOutput, StepPlan, WarmupReport, argmax};
 use hearth_models::ops::split_greedy;
 use hearth_models::{ArchConfig, GgufFile, Model, ModelError, SafetensorsDir};
+use rayon::prelude::*;
 
 pub use ops::{CpuAct, CpuMatrix, CpuOps, OpProfile};
 pub use qgemm::Isa;
@@ -139,7 +140,9 @@ impl Backend for CpuBackend {
             return Ok(StepOutput { logits: logits.data, vocab, greedy: Vec::new() });
         }
         let row = |r: usize| &logits.data[r * vocab..(r + 1) * vocab];
-        let greedy = greedy.iter().map(|&r| argmax(row(r))).collect();
+        // 262,144 columns a row: the rows' argmaxes go over the pool (each row's is sequential,
+        // first maximum wins, as everywhere).
+        let greedy = greedy.par_iter().map(|&r| argmax(row(r))).collect();
         let kept = keep.iter().flat_map(|&r| row(r).iter().copied()).collect();
         Ok(StepOutput { logits: kept, vocab, greedy })
     }
