@@ -171,8 +171,10 @@ impl Graph {
             }
         }
         self.runs += 1;
-        let logits = model.forward(ops, &self.plan)?;
-        Ok(logits.data)
+        // On a pool worker, as the dynamic backend runs its steps.
+        let plan = &self.plan;
+        let logits = rayon::scope(|_| model.forward(ops, plan))?;
+        Ok(logits.into_data())
     }
 }
 

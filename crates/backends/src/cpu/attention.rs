@@ -56,6 +56,13 @@ pub(super) struct AttnScratch {
     base: Vec<usize>,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// (sequence, position) of each query row.
+    row_seq: Vec<(usize, usize)>,
+}
+
+thread_local! {
+    /// Per worker: one query row rounded to f16, and its scores (`heads per KV head × keys`).
+    static ROW_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Reads each sequence's key range (from the window start of its first row to its last
@@ -85,33 +92,43 @@ fn window_lo(p: &AttnParams, pos: usize) -> usize {
     p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
-/// Attention of every query row over its own sequence's keys and values, as [`gather`] left them.
+/// Attention of every query row over its own sequence's keys and values, as [`gather`] left them,
+/// into `out` (`[rows, heads * head_dim]`).
 ///
 /// A row's arithmetic (dot products in key order, softmax, weighted sum in key order) does not
 /// depend on the other rows, so results are the same whatever the batch or the chunking.
-pub(super) fn attend(q: &CpuAct, step: &StepPlan, p: &AttnParams, scratch: &AttnScratch) -> OpResult<CpuAct> {
+pub(super) fn attend(
+    q: &CpuAct,
+    step: &StepPlan,
+    p: &AttnParams,
+    scratch: &mut AttnScratch,
+    out: &mut [f32],
+) -> OpResult<()> {
     let d = p.head_dim;
     let s = p.n_kv_heads * d;
-    if q.cols != p.n_heads * d || q.rows != step.tokens.len() || scratch.base.len() != step.seqs.len() {
+    if q.cols != p.n_heads * d
+        || q.rows != step.tokens.len()
+        || scratch.base.len() != step.seqs.len()
+        || out.len() != q.data.len()
+    {
         return Err(BackendError::Internal(format!(
             "attend: q {}x{} for {} heads of {d}. This is a bug.",
             q.rows, q.cols, p.n_heads
         )));
     }
-    // (sequence, position) of each row.
-    let mut row_seq = Vec::with_capacity(q.rows);
+    scratch.row_seq.clear();
     for (si, s) in step.seqs.iter().enumerate() {
-        row_seq.extend((0..s.len).map(|i| (si, s.first_position() + i)));
+        scratch.row_seq.extend((0..s.len).map(|i| (si, s.first_position() + i)));
     }
+    let scratch = &*scratch;
     let (ks, vs) = (&scratch.k, &scratch.v);
-    let mut out = vec![0f32; q.rows * q.cols];
     out.par_chunks_mut(q.cols).enumerate().for_each(|(row, o)| {
-        let (si, pos) = row_seq[row];
+        let (si, pos) = scratch.row_seq[row];
         let base = scratch.base[si];
         let keys = (window_lo(p, pos) - base) * s..(pos + 1 - base) * s;
         attend_row(&ks[si][keys.clone()], &vs[si][keys], q.row(row), p, s, o);
     });
-    Ok(CpuAct::new(out, q.rows, q.cols))
+    Ok(())
 }
 
 /// One query row over `k`/`v` (`[keys, kv_heads * head_dim]`, the keys it may see, in order).
@@ -119,24 +136,28 @@ fn attend_row(k: &[f32], v: &[f32], q: &[f32], p: &AttnParams, stride: usize, ou
     let d = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
     let n = k.len() / stride;
-    // q rounded to f16, as ggml's CPU flash attention does before its f16 dot products.
-    let q: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
-    let mut scores = vec![0f32; group * n];
-    for g in 0..p.n_kv_heads {
-        let heads = g * group..(g + 1) * group;
-        // The query heads sharing this KV head go through the keys together (independent
-        // accumulator chains); 16-lane chunks need head_dim % 16 == 0.
-        let qg = &q[heads.start * d..heads.end * d];
-        let og = &mut out[heads.start * d..heads.end * d];
-        let kv = Kv { k, v, off: g * d, stride, n };
-        match group {
-            _ if !d.is_multiple_of(64) => grouped::<1>(qg, &kv, p, &mut scores, og),
-            4 => grouped::<4>(qg, &kv, p, &mut scores, og),
-            2 => grouped::<2>(qg, &kv, p, &mut scores, og),
-            8 => grouped::<8>(qg, &kv, p, &mut scores, og),
-            _ => grouped::<1>(qg, &kv, p, &mut scores, og),
+    ROW_SCRATCH.with_borrow_mut(|(q16, scores)| {
+        // q rounded to f16, as ggml's CPU flash attention does before its f16 dot products.
+        q16.clear();
+        q16.extend(q.iter().map(|&x| round_f16(x)));
+        scores.clear();
+        scores.resize(group * n, 0.0);
+        for g in 0..p.n_kv_heads {
+            let heads = g * group..(g + 1) * group;
+            // The query heads sharing this KV head go through the keys together (independent
+            // accumulator chains); 16-lane chunks need head_dim % 16 == 0.
+            let qg = &q16[heads.start * d..heads.end * d];
+            let og = &mut out[heads.start * d..heads.end * d];
+            let kv = Kv { k, v, off: g * d, stride, n };
+            match group {
+                _ if !d.is_multiple_of(64) => grouped::<1>(qg, &kv, p, scores, og),
+                4 => grouped::<4>(qg, &kv, p, scores, og),
+                2 => grouped::<2>(qg, &kv, p, scores, og),
+                8 => grouped::<8>(qg, &kv, p, scores, og),
+                _ => grouped::<1>(qg, &kv, p, scores, og),
+            }
         }
-    }
+    });
 }
 
 /// One KV head's keys and values as a query row sees them: `n` keys at column `off` of rows of

@@ -137,13 +137,15 @@ impl Backend for CpuBackend {
         let vocab = caps.vocab_size;
         let (keep, greedy) = split_greedy(step);
         if greedy.is_empty() {
-            return Ok(StepOutput { logits: logits.data, vocab, greedy: Vec::new() });
+            return Ok(StepOutput { logits: logits.into_data(), vocab, greedy: Vec::new() });
         }
         let row = |r: usize| &logits.data[r * vocab..(r + 1) * vocab];
         // 262,144 columns a row: the rows' argmaxes go over the pool (each row's is sequential,
         // first maximum wins, as everywhere).
         let greedy = greedy.par_iter().map(|&r| argmax(row(r))).collect();
         let kept = keep.iter().flat_map(|&r| row(r).iter().copied()).collect();
+        // The logits buffer goes back to the pool here (greedy rows never leave the backend).
+        drop(logits);
         Ok(StepOutput { logits: kept, vocab, greedy })
     }
 }

@@ -6,6 +6,7 @@
 //! flash attention does), everything else is f32.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -18,22 +19,111 @@ use super::attention::{self, AttnScratch, LayerKv};
 use super::fastmath;
 use super::qgemm::{self, Isa, PackedMatrix, QAct};
 
-/// Activations: `rows × cols` f32, row-major.
-#[derive(Clone, Debug, PartialEq)]
+/// Activations: `rows × cols` f32, row-major. Those made by [`CpuOps`] give their buffer back to
+/// its pool when dropped, so the next op (or the next step) reuses it instead of allocating.
+#[derive(Clone, Debug)]
 pub struct CpuAct {
     pub data: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
+    pool: Option<Arc<BufferPool>>,
 }
 
 impl CpuAct {
     pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "activation shape mismatch. This is a bug.");
-        CpuAct { data, rows, cols }
+        CpuAct { data, rows, cols, pool: None }
     }
 
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// The values, taken out of the pool's reach (they leave with the step's output).
+    pub fn into_data(mut self) -> Vec<f32> {
+        self.pool = None;
+        std::mem::take(&mut self.data)
+    }
+}
+
+impl PartialEq for CpuAct {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rows, self.cols, &self.data) == (other.rows, other.cols, &other.data)
+    }
+}
+
+impl Drop for CpuAct {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give(std::mem::take(&mut self.data));
+        }
+    }
+}
+
+/// Activation buffers freed during a step, handed out again by the ops that follow: after the
+/// first step of a shape, a forward pass allocates nothing for its activations. Holds at most
+/// [`POOL_BUFFERS`] buffers (a step has about ten alive at once).
+#[derive(Debug, Default)]
+pub struct BufferPool(Mutex<Vec<Vec<f32>>>);
+
+const POOL_BUFFERS: usize = 32;
+
+impl BufferPool {
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<f32>>> {
+        // A panic while holding the lock leaves only a list of buffers behind: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `n` zeros, in the smallest pooled buffer that holds them (a new one if none does).
+    pub fn take(&self, n: usize) -> Vec<f32> {
+        self.take_as(n, true)
+    }
+
+    /// `n` values for a caller that writes every one of them: a reused buffer keeps its old
+    /// values instead of being zeroed first (the logits of a batch of 32 are 33 MB).
+    pub fn take_overwritten(&self, n: usize) -> Vec<f32> {
+        self.take_as(n, false)
+    }
+
+    fn take_as(&self, n: usize, zeroed: bool) -> Vec<f32> {
+        let mut free = self.free();
+        let best = (0..free.len()).filter(|&i| free[i].capacity() >= n).min_by_key(|&i| free[i].capacity());
+        let Some(i) = best else {
+            // Fresh zeroed memory (large buffers come straight from the OS, already zero).
+            return vec![0f32; n];
+        };
+        let mut v = free.swap_remove(i);
+        drop(free);
+        if zeroed {
+            v.clear();
+        }
+        v.truncate(n);
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// Keeps `v` for a later [`BufferPool::take`]; when full, keeps the larger buffers.
+    pub fn give(&self, v: Vec<f32>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut free = self.free();
+        if free.len() < POOL_BUFFERS {
+            free.push(v);
+        } else if let Some(i) = (0..free.len()).min_by_key(|&i| free[i].capacity())
+            && free[i].capacity() < v.capacity()
+        {
+            free[i] = v;
+        }
+    }
+
+    /// Buffers held now.
+    pub fn len(&self) -> usize {
+        self.free().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -77,7 +167,13 @@ impl CpuMatrix {
 /// matmuls keyed by weight (`matmul attn_q`, `matmul token_embd` is the output head).
 pub type OpProfile = Vec<(String, Duration, u64)>;
 
-type RopeEntry = ((u32, u32, usize), Vec<u32>, std::sync::Arc<Vec<f32>>);
+/// A RoPE table: (base, scale, head_dim) bits, the positions it holds, cos|sin rows, frequencies.
+struct RopeEntry {
+    key: (u32, u32, usize),
+    positions: Vec<u32>,
+    table: Arc<Vec<f32>>,
+    inv_freq: Vec<f64>,
+}
 
 pub struct CpuOps {
     kv: Vec<LayerKv>,
@@ -93,6 +189,8 @@ pub struct CpuOps {
     profile: Option<BTreeMap<String, (Duration, u64)>>,
     /// Load matrices as f32 (see [`CpuOps::set_exact_matmul`]).
     exact_matmul: bool,
+    /// Activation buffers for reuse.
+    pool: Arc<BufferPool>,
 }
 
 /// Elementwise work smaller than this many elements runs in one task: splitting it over the pool
@@ -121,7 +219,25 @@ impl CpuOps {
             rope_cache: Vec::new(),
             profile: None,
             exact_matmul: false,
+            pool: Arc::default(),
         }
+    }
+
+    /// `n` zeros from the buffer pool.
+    fn buffer(&self, n: usize) -> Vec<f32> {
+        self.pool.take(n)
+    }
+
+    /// An activation whose buffer goes back to the pool when dropped.
+    fn act(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuAct {
+        let mut a = CpuAct::new(data, rows, cols);
+        a.pool = Some(self.pool.clone());
+        a
+    }
+
+    /// The activation buffer pool (tests and diagnostics).
+    pub fn buffer_pool(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Matrices loaded from now on are dequantized to f32 and multiplied exactly (a reference mode).
@@ -141,19 +257,32 @@ impl CpuOps {
     }
 
     /// cos and sin (`[rows][cos half | sin half]`) for these positions; q and k of a layer, and
-    /// every layer with the same RoPE, share one computation per step.
-    fn rope_table(&mut self, positions: &[u32], p: &RopeParams) -> std::sync::Arc<Vec<f32>> {
+    /// every layer with the same RoPE, share one computation per step. The table's buffer is
+    /// reused from step to step.
+    fn rope_table(&mut self, positions: &[u32], p: &RopeParams) -> Arc<Vec<f32>> {
         let key = (p.base.to_bits(), p.position_scale.to_bits(), p.head_dim);
-        if let Some((_, pos, t)) = self.rope_cache.iter().find(|(k, _, _)| *k == key)
-            && pos[..] == *positions
-        {
-            return t.clone();
-        }
         let (d, half) = (p.head_dim, p.head_dim / 2);
-        let inv_freq: Vec<f64> = (0..half).map(|i| (p.base as f64).powf(-2.0 * i as f64 / d as f64)).collect();
-        let mut table = vec![0f32; positions.len() * d];
-        table.par_chunks_mut(d).zip(positions.par_iter()).for_each(|(cs, &pos)| {
-            let pos = pos as f64 / p.position_scale as f64;
+        let i = match self.rope_cache.iter().position(|e| e.key == key) {
+            Some(i) if self.rope_cache[i].positions[..] == *positions => return self.rope_cache[i].table.clone(),
+            Some(i) => i,
+            None => {
+                let inv_freq = (0..half).map(|i| (p.base as f64).powf(-2.0 * i as f64 / d as f64)).collect();
+                self.rope_cache.push(RopeEntry { key, positions: Vec::new(), table: Arc::default(), inv_freq });
+                self.rope_cache.len() - 1
+            }
+        };
+        let e = &mut self.rope_cache[i];
+        e.positions.clear();
+        e.positions.extend_from_slice(positions);
+        if Arc::get_mut(&mut e.table).is_none() {
+            e.table = Arc::default(); // an op still holds the old one
+        }
+        let table = Arc::get_mut(&mut e.table).expect("a new Arc has one owner. This is a bug.");
+        table.clear();
+        table.resize(positions.len() * d, 0.0);
+        let (inv_freq, scale) = (&e.inv_freq, p.position_scale as f64);
+        table.par_chunks_mut(d).zip(positions.par_iter()).with_min_len(inline_chunks(d)).for_each(|(cs, &pos)| {
+            let pos = pos as f64 / scale;
             let (cos, sin) = cs.split_at_mut(half);
             for (i, f) in inv_freq.iter().enumerate() {
                 let (s, c) = (pos * f).sin_cos();
@@ -161,10 +290,7 @@ impl CpuOps {
                 sin[i] = s as f32;
             }
         });
-        let table = std::sync::Arc::new(table);
-        self.rope_cache.retain(|(k, _, _)| *k != key);
-        self.rope_cache.push((key, positions.to_vec(), table.clone()));
-        table
+        e.table.clone()
     }
 
     fn start(&self) -> Option<Instant> {
@@ -232,7 +358,7 @@ impl Ops for CpuOps {
     fn embed(&mut self, table: &CpuMatrix, ids: &[u32], scale: f32) -> OpResult<CpuAct> {
         let t0 = self.start();
         let k = table.k();
-        let mut data = vec![0f32; ids.len() * k];
+        let mut data = self.buffer(ids.len() * k);
         for (row, &id) in data.chunks_exact_mut(k).zip(ids) {
             if id as usize >= table.out() {
                 return Err(shape_err("embed", format!("token {id} of {}", table.out())));
@@ -241,7 +367,7 @@ impl Ops for CpuOps {
             row.iter_mut().for_each(|v| *v *= scale);
         }
         self.record(t0, || "embed".into());
-        Ok(CpuAct::new(data, ids.len(), k))
+        Ok(self.act(data, ids.len(), k))
     }
 
     fn matmul(&mut self, x: &CpuAct, w: &CpuMatrix) -> OpResult<CpuAct> {
@@ -249,7 +375,8 @@ impl Ops for CpuOps {
             return Err(shape_err("matmul", format!("input has {} columns, weight takes {}", x.cols, w.k())));
         }
         let t0 = self.start();
-        let mut out = vec![0f32; x.rows * w.out()];
+        // Both paths write every output element.
+        let mut out = self.pool.take_overwritten(x.rows * w.out());
         match &w.data {
             MatrixData::Packed(p) => {
                 self.qact.quantize(&x.data, x.rows, x.cols);
@@ -263,7 +390,7 @@ impl Ops for CpuOps {
             }
         }
         self.record(t0, || format!("matmul {}", w.label));
-        Ok(CpuAct::new(out, x.rows, w.out()))
+        Ok(self.act(out, x.rows, w.out()))
     }
 
     fn rms_norm(&mut self, x: &CpuAct, w: &Vec<f32>, eps: f32) -> OpResult<CpuAct> {
@@ -272,13 +399,14 @@ impl Ops for CpuOps {
         if g == 0 || !x.cols.is_multiple_of(g) {
             return Err(shape_err("rms_norm", format!("{} columns in groups of {g}", x.cols)));
         }
-        let mut out = x.data.clone();
+        let mut out = self.buffer(x.data.len());
+        out.copy_from_slice(&x.data);
         out.par_chunks_mut(g).with_min_len(inline_chunks(g)).for_each(|chunk| {
             let s = rms_scale(chunk, eps);
             chunk.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
         });
         self.record(t0, || "rms_norm".into());
-        Ok(CpuAct::new(out, x.rows, x.cols))
+        Ok(self.act(out, x.rows, x.cols))
     }
 
     fn add_rms_norm(&mut self, acc: &mut CpuAct, x: &CpuAct, w: &Vec<f32>, eps: f32) -> OpResult<()> {
@@ -336,7 +464,7 @@ impl Ops for CpuOps {
         if gate.data.len() != up.data.len() {
             return Err(shape_err("gelu_mul", format!("{} vs {} elements", gate.data.len(), up.data.len())));
         }
-        let mut data = vec![0f32; gate.data.len()];
+        let mut data = self.buffer(gate.data.len());
         let chunk = 4096;
         data.par_chunks_mut(chunk)
             .zip(gate.data.par_chunks(chunk))
@@ -348,7 +476,7 @@ impl Ops for CpuOps {
                 }
             });
         self.record(t0, || "gelu_mul".into());
-        Ok(CpuAct::new(data, gate.rows, gate.cols))
+        Ok(self.act(data, gate.rows, gate.cols))
     }
 
     fn silu_mul(&mut self, gate: &CpuAct, up: &CpuAct) -> OpResult<CpuAct> {
@@ -356,7 +484,7 @@ impl Ops for CpuOps {
         if gate.rows != up.rows || gate.cols != up.cols {
             return Err(shape_err("silu_mul", format!("{}x{} vs {}x{}", gate.rows, gate.cols, up.rows, up.cols)));
         }
-        let mut data = vec![0f32; gate.data.len()];
+        let mut data = self.buffer(gate.data.len());
         let chunk = 4096;
         data.par_chunks_mut(chunk)
             .zip(gate.data.par_chunks(chunk))
@@ -368,7 +496,7 @@ impl Ops for CpuOps {
                 }
             });
         self.record(t0, || "silu_mul".into());
-        Ok(CpuAct::new(data, gate.rows, gate.cols))
+        Ok(self.act(data, gate.rows, gate.cols))
     }
 
     fn add(&mut self, acc: &mut CpuAct, x: &CpuAct) -> OpResult<()> {
@@ -401,20 +529,21 @@ impl Ops for CpuOps {
         attention::gather(layer, step, p, self.block_size, &mut self.attn);
         self.record(t0, || "attention: KV write + gather".into());
         let t0 = self.start();
-        let out = attention::attend(q, step, p, &self.attn)?;
+        let mut out = self.buffer(q.data.len());
+        attention::attend(q, step, p, &mut self.attn, &mut out)?;
         self.record(t0, || "attention".into());
-        Ok(out)
+        Ok(self.act(out, q.rows, q.cols))
     }
 
     fn select_rows(&mut self, x: &CpuAct, rows: &[usize]) -> OpResult<CpuAct> {
-        let mut data = Vec::with_capacity(rows.len() * x.cols);
-        for &r in rows {
-            if r >= x.rows {
-                return Err(shape_err("select_rows", format!("row {r} of {}", x.rows)));
-            }
-            data.extend_from_slice(x.row(r));
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(shape_err("select_rows", format!("row {r} of {}", x.rows)));
         }
-        Ok(CpuAct::new(data, rows.len(), x.cols))
+        let mut data = self.buffer(rows.len() * x.cols);
+        for (o, &r) in data.chunks_exact_mut(x.cols.max(1)).zip(rows) {
+            o.copy_from_slice(x.row(r));
+        }
+        Ok(self.act(data, rows.len(), x.cols))
     }
 
     fn to_host(&mut self, x: &CpuAct) -> OpResult<Vec<f32>> {
@@ -438,6 +567,33 @@ mod tests {
         (0..n).map(|_| r.next_f32()).collect()
     }
 
+    #[test]
+    fn buffer_pool_reuses_the_smallest_fit_and_zeroes_unless_told() {
+        let pool = BufferPool::default();
+        let mut a = pool.take(100);
+        a.iter_mut().for_each(|v| *v = 1.0);
+        let (a_ptr, b) = (a.as_ptr(), vec![2.0f32; 1000]);
+        let b_ptr = b.as_ptr();
+        pool.give(b);
+        pool.give(a);
+        assert_eq!(pool.len(), 2);
+        let c = pool.take(50); // the 100-buffer fits best
+        assert_eq!((c.as_ptr(), c.len()), (a_ptr, 50));
+        assert!(c.iter().all(|&v| v == 0.0), "take zeroes");
+        let d = pool.take_overwritten(800);
+        assert_eq!((d.as_ptr(), d.len()), (b_ptr, 800));
+        assert!(d.iter().all(|&v| v == 2.0), "take_overwritten keeps the old values");
+        assert!(pool.is_empty());
+        let e = pool.take(10); // nothing pooled: new memory
+        assert!(e.iter().all(|&v| v == 0.0) && e.len() == 10);
+        for _ in 0..POOL_BUFFERS + 5 {
+            pool.give(vec![0.0; 8]);
+        }
+        pool.give(vec![0.0; 64]);
+        assert_eq!(pool.len(), POOL_BUFFERS, "bounded");
+        assert_eq!(pool.take_overwritten(64).capacity(), 64, "a full pool keeps the larger buffer");
+    }
+
     /// Each row of a batched matmul equals the same row computed alone, bit for bit, for every
     /// block format the default model uses and batch sizes 1..=40.
     #[test]
@@ -449,8 +605,9 @@ mod tests {
             let w = ops.load_matrix("w", QTensor::quantize(&w, dtype).unwrap()).unwrap();
             let rows = 40;
             let x = CpuAct::new(random(rows * inp, 2), rows, inp);
-            let alone: Vec<Vec<f32>> =
-                (0..rows).map(|r| ops.matmul(&CpuAct::new(x.row(r).to_vec(), 1, inp), &w).unwrap().data).collect();
+            let alone: Vec<Vec<f32>> = (0..rows)
+                .map(|r| ops.matmul(&CpuAct::new(x.row(r).to_vec(), 1, inp), &w).unwrap().into_data())
+                .collect();
             for m in 1..=rows {
                 let batch = CpuAct::new(x.data[..m * inp].to_vec(), m, inp);
                 let y = ops.matmul(&batch, &w).unwrap();
