@@ -89,15 +89,21 @@ fn norms_rope_gelu_select_match_cpu() {
         check(&format!("add_rms_norm rows {rows}"), &p.gpu.to_host(&acc_g).unwrap(), &acc_c.data, 1e-3);
 
         let positions: Vec<u32> = (0..rows as u32).map(|i| i * 37 + 5).collect();
-        for (hd, base, scale, interleaved) in
-            [(128usize, 10_000.0f32, 1.0f32, false), (256, 1_000_000.0, 8.0, false), (128, 500_000.0, 1.0, true)]
-        {
+        // Llama 3.1's frequency divisors (base 500000, factor 8, cut-offs 2048 / 8192 positions).
+        let llama31 = hearth_models::llama::llama3_freq_factors(128, 500_000.0, 8.0, 1.0, 4.0, 8192.0);
+        for (hd, base, scale, interleaved, factors) in [
+            (128usize, 10_000.0f32, 1.0f32, false, None),
+            (256, 1_000_000.0, 8.0, false, None),
+            (128, 500_000.0, 1.0, true, None),
+            (128, 500_000.0, 1.0, true, Some(&llama31[..])),
+            (128, 500_000.0, 1.0, false, Some(&llama31[..])),
+        ] {
             let (mut rc, mut rg) = up(&p, &x[..rows * 512], rows, 512);
-            let rp = RopeParams { head_dim: hd, base, position_scale: scale, interleaved };
+            let rp = RopeParams { head_dim: hd, base, position_scale: scale, freq_factors: factors, interleaved };
             p.cpu.rope(&mut rc, &positions, &rp).unwrap();
             p.gpu.rope(&mut rg, &positions, &rp).unwrap();
             check(
-                &format!("rope rows {rows} head_dim {hd} interleaved {interleaved}"),
+                &format!("rope rows {rows} head_dim {hd} interleaved {interleaved} factors {}", factors.is_some()),
                 &p.gpu.to_host(&rg).unwrap(),
                 &rc.data,
                 1e-3,

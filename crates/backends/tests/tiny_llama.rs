@@ -102,6 +102,7 @@ fn gguf_name(hf: &str) -> String {
         "model.embed_tokens.weight" => "token_embd.weight".into(),
         "model.norm.weight" => "output_norm.weight".into(),
         "lm_head.weight" => "output.weight".into(),
+        "rope_freqs.weight" => "rope_freqs.weight".into(),
         _ => {
             let rest = hf.strip_prefix("model.layers.").expect("layer tensor");
             let (l, rest) = rest.split_once('.').expect("layer index");
@@ -213,16 +214,18 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 
 const PROMPT: [u32; 11] = [1, 17, 42, 5, 63, 8, 8, 23, 71, 2, 40];
 
-#[test]
-fn tiny_llama_matches_candle_transformers() {
+/// Runs the tiny Llama through candle-transformers and through hearth (GGUF and checkpoint folder)
+/// and compares logits; `rope_scaling` goes into config.json, and into the GGUF file as llama.cpp's
+/// converter writes it (`rope_freqs.weight`, one divisor per rotated pair).
+fn llama_case(tag: &str, seed: u64, rope_scaling: serde_json::Value) {
     let s = spec();
-    let hf = hf_weights(&s, false, 11);
+    let hf = hf_weights(&s, false, seed);
     let json = serde_json::json!({
         "model_type": "llama",
         "hidden_size": s.hidden, "intermediate_size": s.ffn, "vocab_size": s.vocab,
         "num_hidden_layers": s.layers, "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
         "rms_norm_eps": 1e-6, "rope_theta": s.rope_base, "max_position_embeddings": s.context,
-        "tie_word_embeddings": false
+        "tie_word_embeddings": false, "rope_scaling": rope_scaling
     });
     let cfg: llama::LlamaConfig = serde_json::from_value(json.clone()).unwrap();
     let cfg = cfg.into_config(false);
@@ -238,13 +241,59 @@ fn tiny_llama_matches_candle_transformers() {
         let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         theirs.push(model.forward(&x, PROMPT.len() + i, &mut cache).unwrap().flatten_all().unwrap().to_vec1().unwrap());
     }
-    let dir = tempdir("llama");
-    let ours = hearth_logits(&mut from_gguf(&write(&dir, "llama", &s, &hf)), &PROMPT, &feed);
-    compare("llama", &theirs, &ours);
+    let dir = tempdir(tag);
+    let mut gguf_tensors = hf.clone();
+    if !rope_scaling.is_null() {
+        gguf_tensors.push(("rope_freqs.weight".into(), vec![s.head_dim / 2], converter_rope_freqs(&s, &rope_scaling)));
+    }
+    let ours = hearth_logits(&mut from_gguf(&write(&dir, "llama", &s, &gguf_tensors)), &PROMPT, &feed);
+    compare(tag, &theirs, &ours);
     // The same weights as a Hugging Face checkpoint (unpermuted q/k, NeoX RoPE), in two shards.
     write_checkpoint(&dir.join("hf"), &json, &hf, true);
-    compare("llama safetensors", &theirs, &hearth_logits(&mut from_checkpoint(&dir.join("hf")), &PROMPT, &feed));
+    compare(
+        &format!("{tag} safetensors"),
+        &theirs,
+        &hearth_logits(&mut from_checkpoint(&dir.join("hf")), &PROMPT, &feed),
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `rope_freqs.weight` as llama.cpp's converter computes it from a `llama3` `rope_scaling`.
+fn converter_rope_freqs(s: &TinySpec, r: &serde_json::Value) -> Vec<f32> {
+    let f = |k: &str| r[k].as_f64().unwrap();
+    let (factor, low, high, old) =
+        (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"));
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    (0..s.head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (s.rope_base as f64).powf(2.0 * i as f64 / s.head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_llama_matches_candle_transformers() {
+    llama_case("llama", 11, serde_json::Value::Null);
+}
+
+/// Llama 3.1's RoPE scaling, with cut-offs (64/4 = 16 and 64 positions) that put the tiny model's
+/// 8 rotated pairs in all three regimes: kept, blended, slowed by the factor.
+#[test]
+fn tiny_llama_3_1_rope_scaling_matches_candle_transformers() {
+    let scaling = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64
+    });
+    llama_case("llama3.1", 13, scaling);
 }
 
 #[test]

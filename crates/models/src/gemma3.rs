@@ -119,17 +119,13 @@ impl Gemma3Config {
         }
     }
 
-    fn rope(&self, layer: usize) -> RopeParams {
-        if self.is_sliding(layer) {
-            RopeParams { head_dim: self.head_dim, base: self.rope_base_local, position_scale: 1.0, interleaved: false }
+    fn rope(&self, layer: usize) -> RopeParams<'static> {
+        let (base, position_scale) = if self.is_sliding(layer) {
+            (self.rope_base_local, 1.0)
         } else {
-            RopeParams {
-                head_dim: self.head_dim,
-                base: self.rope_base_global,
-                position_scale: self.rope_scale_global,
-                interleaved: false,
-            }
-        }
+            (self.rope_base_global, self.rope_scale_global)
+        };
+        RopeParams { head_dim: self.head_dim, base, position_scale, freq_factors: None, interleaved: false }
     }
 }
 

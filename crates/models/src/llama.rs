@@ -38,6 +38,11 @@ pub struct LlamaConfig {
     pub context_length: usize,
     pub rms_eps: f32,
     pub rope_base: f32,
+    /// Positions are divided by this (linear RoPE scaling); 1.0 for none.
+    pub rope_position_scale: f32,
+    /// Per-pair RoPE frequency divisors, `head_dim / 2` of them: Llama 3.1's long-context scaling
+    /// (GGUF `rope_freqs.weight`, or computed from `rope_scaling` of type `llama3`).
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Biases on the q, k and v projections (Qwen2).
     pub qkv_bias: bool,
     /// The output head is the token embedding.
@@ -50,6 +55,79 @@ fn bad(path: &Path, reason: String) -> ModelError {
     ModelError::Gguf { path: path.to_path_buf(), reason }
 }
 
+/// Linear RoPE scaling from a GGUF file's `{arch}.rope.scaling.*` keys (llama.cpp's converter
+/// writes them for `rope_scaling` of type `linear`); other types are refused by name.
+fn gguf_linear_rope_scale(g: &GgufFile, arch: &str) -> Result<f32> {
+    let ty = format!("{arch}.rope.scaling.type");
+    let kind = if g.has(&ty) { g.get_str(&ty)? } else { "none" };
+    let factor = format!("{arch}.rope.scaling.factor");
+    match kind {
+        "none" => Ok(1.0),
+        "linear" if g.has(&factor) => g.get_f32(&factor),
+        "linear" => Ok(1.0),
+        other => {
+            Err(bad(g.path(), format!("RoPE scaling type `{other}` is not supported (linear and Llama 3.1's are)")))
+        }
+    }
+}
+
+/// RoPE scaling from a Hugging Face config's `rope_scaling` object: `(position divisor, per-pair
+/// frequency divisors)`. Types: none/`default`, `linear` (positions divided by `factor`) and
+/// `llama3` (Llama 3.1: wavelengths longer than `original_max_position_embeddings /
+/// low_freq_factor` slowed by `factor`, shorter than `... / high_freq_factor` kept, a linear blend
+/// of the two between).
+fn hf_rope_scaling(
+    r: &serde_json::Value,
+    head_dim: usize,
+    base: f32,
+) -> std::result::Result<(f32, Option<Vec<f32>>), String> {
+    if r.is_null() {
+        return Ok((1.0, None));
+    }
+    let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
+    let num = |k: &str| -> std::result::Result<f64, String> {
+        r.get(k).and_then(|x| x.as_f64()).ok_or_else(|| format!("`rope_scaling.{k}` missing for type `{kind}`"))
+    };
+    match kind {
+        "default" => Ok((1.0, None)),
+        "linear" => Ok((num("factor")? as f32, None)),
+        "llama3" => {
+            let (factor, low, high) = (num("factor")?, num("low_freq_factor")?, num("high_freq_factor")?);
+            let original = num("original_max_position_embeddings")?;
+            if !(factor > 0.0 && low > 0.0 && high > low && original > 0.0) {
+                return Err(format!(
+                    "`rope_scaling` llama3: need factor > 0 and high_freq_factor > low_freq_factor > 0, got \
+                     factor {factor}, low_freq_factor {low}, high_freq_factor {high}"
+                ));
+            }
+            Ok((1.0, Some(llama3_freq_factors(head_dim, base as f64, factor, low, high, original))))
+        }
+        other => Err(format!("`rope_scaling.rope_type` `{other}` is not supported (default, linear and llama3 are)")),
+    }
+}
+
+/// Llama 3.1's frequency divisors, one per rotated pair: 1 for short wavelengths, `factor` for long
+/// ones, and between them the divisor that blends `freq / factor` and `freq` by how far the
+/// wavelength lies between the two cut-offs.
+pub fn llama3_freq_factors(head_dim: usize, base: f64, factor: f64, low: f64, high: f64, original: f64) -> Vec<f32> {
+    let (long_wavelen, short_wavelen) = (original / low, original / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = base.powf(-2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let divisor = if wavelen < short_wavelen {
+                1.0
+            } else if wavelen > long_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            divisor as f32
+        })
+        .collect()
+}
+
 impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
         let flavor = match arch {
@@ -57,13 +135,6 @@ impl LlamaConfig {
             "qwen2" => LlamaFlavor::Qwen2,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
-        if g.tensor_names().any(|n| n == "rope_freqs.weight") {
-            return Err(bad(
-                g.path(),
-                "RoPE frequency factors (`rope_freqs.weight`, Llama 3.1 long-context scaling) are not supported yet"
-                    .into(),
-            ));
-        }
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
         let heads = g.get_usize(&key("attention.head_count"))?;
@@ -88,6 +159,12 @@ impl LlamaConfig {
             context_length: g.get_usize(&key("context_length"))?,
             rms_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: if g.has(&key("rope.freq_base")) { g.get_f32(&key("rope.freq_base"))? } else { 10_000.0 },
+            rope_position_scale: gguf_linear_rope_scale(g, arch)?,
+            rope_freq_factors: if g.tensor_names().any(|n| n == "rope_freqs.weight") {
+                Some(g.vector_f32("rope_freqs.weight", head_dim / 2)?)
+            } else {
+                None
+            },
             qkv_bias: g.tensor_names().any(|n| n == "blk.0.attn_q.bias"),
             tied_embeddings: !g.tensor_names().any(|n| n == "output.weight"),
             hf_layout: false,
@@ -96,14 +173,15 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// Reads a Hugging Face `config.json` (`model_type` `llama` or `qwen2`) for real weights:
-    /// RoPE scaling (`rope_scaling`, e.g. Llama 3.1's) is refused until it is implemented.
+    /// Reads a Hugging Face `config.json` (`model_type` `llama` or `qwen2`) for real weights.
+    /// `rope_scaling` of type `linear` or `llama3` (Llama 3.1) is applied; other types (`yarn`,
+    /// `dynamic`, `longrope`) are refused by name.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         Self::read_hf_json(path, false)
     }
 
-    /// The same for dummy weights, whose outputs mean nothing: RoPE scaling changes values, not
-    /// cost, so it is ignored.
+    /// The same for dummy weights, whose outputs mean nothing: a RoPE scaling type hearth does not
+    /// implement changes values, not cost, so it is ignored rather than refused.
     pub fn from_hf_json_for_dummy(path: &Path) -> Result<Self> {
         Self::read_hf_json(path, true)
     }
@@ -119,11 +197,16 @@ impl LlamaConfig {
             Some("qwen2") => LlamaFlavor::Qwen2,
             other => return Err(ModelError::UnsupportedArchitecture(format!("config model_type {other:?}"))),
         };
-        if !dummy && v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
-            return Err(bad(path, "`rope_scaling` is not supported yet (only for dummy weights)".into()));
-        }
         let hidden = num("hidden_size")?;
         let heads = num("num_attention_heads")?;
+        let head_dim = num("head_dim").unwrap_or(hidden / heads.max(1));
+        let rope_base = v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10_000.0) as f32;
+        let (rope_position_scale, rope_freq_factors) =
+            match hf_rope_scaling(v.get("rope_scaling").unwrap_or(&serde_json::Value::Null), head_dim, rope_base) {
+                Ok(s) => s,
+                Err(_) if dummy => (1.0, None),
+                Err(reason) => return Err(bad(path, reason)),
+            };
         let cfg = LlamaConfig {
             flavor,
             vocab_size: num("vocab_size")?,
@@ -131,11 +214,13 @@ impl LlamaConfig {
             layers: num("num_hidden_layers")?,
             heads,
             kv_heads: num("num_key_value_heads").unwrap_or(heads),
-            head_dim: num("head_dim").unwrap_or(hidden / heads.max(1)),
+            head_dim,
             ffn: num("intermediate_size")?,
             context_length: num("max_position_embeddings")?,
             rms_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-5) as f32,
-            rope_base: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10_000.0) as f32,
+            rope_base,
+            rope_position_scale,
+            rope_freq_factors,
             qkv_bias: flavor == LlamaFlavor::Qwen2
                 || v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(false),
             tied_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
@@ -151,6 +236,18 @@ impl LlamaConfig {
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.layers == 0 || self.vocab_size == 0 {
             return Err("head_dim must be even, layers and vocabulary non-empty".into());
+        }
+        if !(self.rope_position_scale.is_finite() && self.rope_position_scale > 0.0) {
+            return Err(format!("RoPE scaling factor must be positive, got {}", self.rope_position_scale));
+        }
+        if let Some(f) = &self.rope_freq_factors
+            && (f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)))
+        {
+            return Err(format!(
+                "RoPE frequency factors: {} values, need {} positive ones (head_dim / 2)",
+                f.len(),
+                self.head_dim / 2
+            ));
         }
         Ok(())
     }
@@ -171,11 +268,12 @@ impl LlamaConfig {
         }
     }
 
-    fn rope(&self) -> RopeParams {
+    fn rope(&self) -> RopeParams<'_> {
         RopeParams {
             head_dim: self.head_dim,
             base: self.rope_base,
-            position_scale: 1.0,
+            position_scale: self.rope_position_scale,
+            freq_factors: self.rope_freq_factors.as_deref(),
             interleaved: self.flavor == LlamaFlavor::Llama && !self.hf_layout,
         }
     }
@@ -388,8 +486,44 @@ mod tests {
     }
 
     #[test]
-    fn rope_scaling_is_refused_for_real_weights() {
-        let err = LlamaConfig::from_hf_json(&models_dir().join("llama-3.1-8b.json")).unwrap_err();
-        assert!(err.to_string().contains("rope_scaling"), "{err}");
+    fn llama_3_1_rope_scaling_is_read_from_its_config() {
+        let l = LlamaConfig::from_hf_json(&models_dir().join("llama-3.1-8b.json")).unwrap();
+        let f = l.rope_freq_factors.as_ref().expect("Llama 3.1 scales RoPE");
+        assert_eq!(f.len(), 64);
+        // Base 500000, head_dim 128, factor 8, cut-offs at 8192/4 = 2048 and 8192/1 = 8192 positions:
+        // the fastest pairs are kept, the slowest slowed 8×, and the divisors never decrease.
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        let blended = f.iter().filter(|&&x| x > 1.0 && x < 8.0).count();
+        assert!(blended > 0, "some pairs lie between the cut-offs: {f:?}");
+        assert_eq!(l.rope_position_scale, 1.0);
+    }
+
+    fn config_with_scaling(tag: &str, scaling: serde_json::Value) -> std::path::PathBuf {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(models_dir().join("llama-3.1-8b.json")).unwrap()).unwrap();
+        v["rope_scaling"] = scaling;
+        let p = std::env::temp_dir().join(format!("hearth-rope-{tag}-{}.json", std::process::id()));
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn rope_scaling_types_are_applied_or_refused_by_name() {
+        let p = config_with_scaling("linear", serde_json::json!({"type": "linear", "factor": 4.0}));
+        let l = LlamaConfig::from_hf_json(&p).unwrap();
+        assert_eq!((l.rope_position_scale, l.rope_freq_factors.is_none()), (4.0, true));
+        std::fs::remove_file(&p).ok();
+        let p = config_with_scaling("yarn", serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+        let err = LlamaConfig::from_hf_json(&p).unwrap_err().to_string();
+        assert!(err.contains("`yarn` is not supported"), "{err}");
+        // Dummy weights ignore what they cannot apply (values change, cost does not).
+        assert!(LlamaConfig::from_hf_json_for_dummy(&p).unwrap().rope_freq_factors.is_none());
+        std::fs::remove_file(&p).ok();
+        let p = config_with_scaling("bad", serde_json::json!({"rope_type": "llama3", "factor": 8.0}));
+        let err = LlamaConfig::from_hf_json(&p).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.low_freq_factor"), "{err}");
+        std::fs::remove_file(&p).ok();
     }
 }

@@ -30,11 +30,15 @@ pub struct AttnParams {
 
 /// Rotary embedding of one layer (NeoX layout: the two halves of each head rotate together).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeParams {
+pub struct RopeParams<'a> {
     pub head_dim: usize,
     pub base: f32,
     /// Positions are divided by this factor (linear RoPE scaling); 1.0 for none.
     pub position_scale: f32,
+    /// Per-pair frequency divisors (`head_dim / 2` of them): pair `i` rotates at
+    /// `base^(-2i/head_dim) / factors[i]`. llama.cpp's `rope_freqs.weight`, which is how Llama 3.1's
+    /// long-context scaling reaches a GGUF file; `None` for plain RoPE.
+    pub freq_factors: Option<&'a [f32]>,
     /// `false`: NeoX layout, dims `i` and `i + head_dim/2` rotate together (Gemma, Qwen2).
     /// `true`: adjacent pairs `2i, 2i+1` rotate together (llama.cpp's "normal" RoPE, which Llama
     /// GGUF files expect: the converter permutes q and k rows for it).
@@ -106,7 +110,7 @@ pub trait Ops {
     /// `acc += rms_norm(x) * w`: the post-norm residual of Gemma-style blocks.
     fn add_rms_norm(&mut self, acc: &mut Self::Act, x: &Self::Act, w: &Self::Vector, eps: f32) -> OpResult<()>;
     /// Rotates every head of every row in place, each row at its position.
-    fn rope(&mut self, x: &mut Self::Act, positions: &[u32], p: &RopeParams) -> OpResult<()>;
+    fn rope(&mut self, x: &mut Self::Act, positions: &[u32], p: &RopeParams<'_>) -> OpResult<()>;
     /// `gelu_tanh(gate) * up`, elementwise.
     fn gelu_mul(&mut self, gate: &Self::Act, up: &Self::Act) -> OpResult<Self::Act>;
     /// `silu(gate) * up`, elementwise (SwiGLU).

@@ -167,9 +167,11 @@ impl CpuMatrix {
 /// matmuls keyed by weight (`matmul attn_q`, `matmul token_embd` is the output head).
 pub type OpProfile = Vec<(String, Duration, u64)>;
 
-/// A RoPE table: (base, scale, head_dim) bits, the positions it holds, cos|sin rows, frequencies.
+/// A RoPE table: (base, scale, head_dim) bits and the frequency divisors it was built for, the
+/// positions it holds, cos|sin rows, frequencies.
 struct RopeEntry {
     key: (u32, u32, usize),
+    factors: Option<Vec<f32>>,
     positions: Vec<u32>,
     table: Arc<Vec<f32>>,
     inv_freq: Vec<f64>,
@@ -259,15 +261,27 @@ impl CpuOps {
     /// cos and sin (`[rows][cos half | sin half]`) for these positions; q and k of a layer, and
     /// every layer with the same RoPE, share one computation per step. The table's buffer is
     /// reused from step to step.
-    fn rope_table(&mut self, positions: &[u32], p: &RopeParams) -> Arc<Vec<f32>> {
+    fn rope_table(&mut self, positions: &[u32], p: &RopeParams<'_>) -> Arc<Vec<f32>> {
         let key = (p.base.to_bits(), p.position_scale.to_bits(), p.head_dim);
         let (d, half) = (p.head_dim, p.head_dim / 2);
-        let i = match self.rope_cache.iter().position(|e| e.key == key) {
+        let i = match self.rope_cache.iter().position(|e| e.key == key && e.factors.as_deref() == p.freq_factors) {
             Some(i) if self.rope_cache[i].positions[..] == *positions => return self.rope_cache[i].table.clone(),
             Some(i) => i,
             None => {
-                let inv_freq = (0..half).map(|i| (p.base as f64).powf(-2.0 * i as f64 / d as f64)).collect();
-                self.rope_cache.push(RopeEntry { key, positions: Vec::new(), table: Arc::default(), inv_freq });
+                let inv_freq = (0..half)
+                    .map(|i| {
+                        let f = (p.base as f64).powf(-2.0 * i as f64 / d as f64);
+                        p.freq_factors.map_or(f, |x| f / x[i] as f64)
+                    })
+                    .collect();
+                let factors = p.freq_factors.map(<[f32]>::to_vec);
+                self.rope_cache.push(RopeEntry {
+                    key,
+                    factors,
+                    positions: Vec::new(),
+                    table: Arc::default(),
+                    inv_freq,
+                });
                 self.rope_cache.len() - 1
             }
         };
@@ -424,11 +438,17 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut CpuAct, positions: &[u32], p: &RopeParams) -> OpResult<()> {
+    fn rope(&mut self, x: &mut CpuAct, positions: &[u32], p: &RopeParams<'_>) -> OpResult<()> {
         let t0 = self.start();
         let d = p.head_dim;
         if positions.len() != x.rows || d == 0 || !x.cols.is_multiple_of(d) {
             return Err(shape_err("rope", format!("{} rows, {} positions, head_dim {d}", x.rows, positions.len())));
+        }
+        if p.freq_factors.is_some_and(|f| f.len() != d / 2) {
+            return Err(shape_err(
+                "rope",
+                format!("{:?} frequency factors, head_dim {d}", p.freq_factors.map(<[f32]>::len)),
+            ));
         }
         let half = d / 2;
         let table = self.rope_table(positions, p);
@@ -614,6 +634,45 @@ mod tests {
                 for (r, want) in alone.iter().enumerate().take(m) {
                     assert_eq!(y.row(r), &want[..], "{dtype:?}: row {r} of a batch of {m}");
                 }
+            }
+        }
+    }
+
+    /// Frequency divisors: all 2 is exactly linear scaling by 2 (both halve every angle); all 1 is
+    /// plain RoPE; one pair's divisor rotates that pair alone more slowly, by the stated angle.
+    #[test]
+    fn rope_frequency_factors_divide_each_pairs_frequency() {
+        let (d, rows, cols) = (8, 3, 16);
+        let mut ops = CpuOps::new(KvSpec { layers: 1, kv_heads: 1, head_dim: d }, 1, 1);
+        let positions = [0u32, 7, 1000];
+        let run = |ops: &mut CpuOps, p: &RopeParams<'_>| {
+            let mut x = CpuAct::new(random(rows * cols, 3), rows, cols);
+            ops.rope(&mut x, &positions, p).unwrap();
+            x.into_data()
+        };
+        let base =
+            RopeParams { head_dim: d, base: 10_000.0, position_scale: 1.0, freq_factors: None, interleaved: true };
+        let plain = run(&mut ops, &base);
+        let twos = [2.0f32; 4];
+        let halved = run(&mut ops, &RopeParams { freq_factors: Some(&twos), ..base });
+        assert_eq!(halved, run(&mut ops, &RopeParams { position_scale: 2.0, ..base }));
+        assert_ne!(halved, plain);
+        assert_eq!(run(&mut ops, &RopeParams { freq_factors: Some(&[1.0; 4]), ..base }), plain);
+        let one = [1.0f32, 1.0, 4.0, 1.0];
+        let y = run(&mut ops, &RopeParams { freq_factors: Some(&one), ..base });
+        let x = CpuAct::new(random(rows * cols, 3), rows, cols).into_data();
+        for (r, &pos) in positions.iter().enumerate() {
+            for c in 0..cols {
+                let (pair, head_base) = ((c % d) / 2, r * cols + c - c % 2);
+                if pair != 2 {
+                    assert_eq!(y[r * cols + c], plain[r * cols + c], "row {r} col {c}: only pair 2 changes");
+                    continue;
+                }
+                let angle = pos as f64 * 10_000f64.powf(-2.0 * 2.0 / d as f64) / 4.0;
+                let (sn, cs) = angle.sin_cos();
+                let (a, b) = (x[head_base] as f64, x[head_base + 1] as f64);
+                let want = if c % 2 == 0 { a * cs - b * sn } else { a * sn + b * cs };
+                assert!((y[r * cols + c] as f64 - want).abs() < 1e-5, "row {r} col {c}: {} vs {want}", y[r * cols + c]);
             }
         }
     }

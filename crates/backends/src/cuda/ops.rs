@@ -108,6 +108,8 @@ pub struct CudaOps {
     scratch_layout: StepLayout,
     /// Positions last uploaded for RoPE.
     rope_pos: Option<(Vec<u32>, CudaSlice<u32>)>,
+    /// RoPE frequency divisors last uploaded (a model's, so uploaded once; graphs point at them).
+    rope_factors: Option<(Vec<f32>, CudaSlice<f32>)>,
     /// Passed for kernel pointer arguments a launch does not use.
     unused: CudaSlice<f32>,
     /// While capturing a decode graph: the static inputs embed, rope and attention read instead of
@@ -175,6 +177,7 @@ impl CudaOps {
             layout: None,
             scratch_layout: StepLayout::default(),
             rope_pos: None,
+            rope_factors: None,
         })
     }
 
@@ -537,7 +540,7 @@ impl Ops for CudaOps {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut CudaAct, positions: &[u32], p: &RopeParams) -> OpResult<()> {
+    fn rope(&mut self, x: &mut CudaAct, positions: &[u32], p: &RopeParams<'_>) -> OpResult<()> {
         let _timer = self.timer(|| "rope".into());
         let d = p.head_dim;
         if positions.len() != x.rows || d == 0 || !d.is_multiple_of(2) || !x.cols.is_multiple_of(d) {
@@ -555,11 +558,29 @@ impl Ops for CudaOps {
             }
             &self.rope_pos.as_ref().expect("rope positions were just uploaded. This is a bug.").1
         };
+        let factors = match p.freq_factors {
+            None => &self.unused,
+            Some(f) => {
+                if f.len() != d / 2 {
+                    return Err(shape_err("rope", format!("{} frequency factors, head_dim {d}", f.len())));
+                }
+                if self.rope_factors.as_ref().is_none_or(|(h, _)| h[..] != *f) {
+                    let dev = self.gpu.stream.clone_htod(f).map_err(drv("upload"))?;
+                    self.rope_factors = Some((f.to_vec(), dev));
+                    // Captured graphs hold the old buffer's address: they must be captured again.
+                    self.buffers_generation += 1;
+                }
+                &self.rope_factors.as_ref().expect("rope factors were just uploaded. This is a bug.").1
+            }
+        };
         let (heads, di, inter) = ((x.cols / d) as i32, d as i32, p.interleaved as i32);
+        let has_factors = p.freq_factors.is_some() as i32;
         let s = &self.gpu.stream;
         let mut l = s.launch_builder(self.gpu.function("rope_neox_f32"));
         l.arg(&mut x.buf).arg(pos).arg(&heads).arg(&di).arg(&p.base).arg(&p.position_scale).arg(&inter);
-        // SAFETY: x holds rows * heads * d values; positions holds rows.
+        l.arg(&has_factors).arg(factors);
+        // SAFETY: x holds rows * heads * d values; positions holds rows; factors holds d / 2 values
+        // when has_factors is set (checked above).
         unsafe { l.launch(cfg((x.rows as u32, heads as u32), block_threads(d / 2, 128))) }.map_err(drv("rope"))?;
         x.touched();
         Ok(())
