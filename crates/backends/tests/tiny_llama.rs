@@ -244,7 +244,17 @@ fn llama_case(tag: &str, seed: u64, rope_scaling: serde_json::Value) {
     let dir = tempdir(tag);
     let mut gguf_tensors = hf.clone();
     if !rope_scaling.is_null() {
-        gguf_tensors.push(("rope_freqs.weight".into(), vec![s.head_dim / 2], converter_rope_freqs(&s, &rope_scaling)));
+        // What llama.cpp's converter writes: one frequency divisor per rotated pair.
+        let f = |k: &str| rope_scaling[k].as_f64().unwrap();
+        let factors = hearth_models::llama::llama3_freq_factors(
+            s.head_dim,
+            s.rope_base as f64,
+            f("factor"),
+            f("low_freq_factor"),
+            f("high_freq_factor"),
+            f("original_max_position_embeddings"),
+        );
+        gguf_tensors.push(("rope_freqs.weight".into(), vec![s.head_dim / 2], factors));
     }
     let ours = hearth_logits(&mut from_gguf(&write(&dir, "llama", &s, &gguf_tensors)), &PROMPT, &feed);
     compare(tag, &theirs, &ours);
@@ -256,28 +266,6 @@ fn llama_case(tag: &str, seed: u64, rope_scaling: serde_json::Value) {
         &hearth_logits(&mut from_checkpoint(&dir.join("hf")), &PROMPT, &feed),
     );
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// `rope_freqs.weight` as llama.cpp's converter computes it from a `llama3` `rope_scaling`.
-fn converter_rope_freqs(s: &TinySpec, r: &serde_json::Value) -> Vec<f32> {
-    let f = |k: &str| r[k].as_f64().unwrap();
-    let (factor, low, high, old) =
-        (f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"));
-    let (low_wavelen, high_wavelen) = (old / low, old / high);
-    (0..s.head_dim / 2)
-        .map(|i| {
-            let freq = 1.0 / (s.rope_base as f64).powf(2.0 * i as f64 / s.head_dim as f64);
-            let wavelen = 2.0 * std::f64::consts::PI / freq;
-            if wavelen < high_wavelen {
-                1.0
-            } else if wavelen > low_wavelen {
-                factor as f32
-            } else {
-                let smooth = (old / wavelen - low) / (high - low);
-                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
-            }
-        })
-        .collect()
 }
 
 #[test]

@@ -174,6 +174,10 @@ impl Kv<'_> {
     fn key(&self, j: usize, d: usize) -> &[f32] {
         &self.k[j * self.stride + self.off..][..d]
     }
+
+    fn value(&self, j: usize, d: usize) -> &[f32] {
+        &self.v[j * self.stride + self.off..][..d]
+    }
 }
 
 /// Attention of `q.len() / head_dim` query heads over one KV head, `G` heads at a time. The
@@ -204,8 +208,7 @@ fn one_head(q: &[f32], kv: &Kv<'_>, p: &AttnParams, scores: &mut [f32], out: &mu
         softmax(scores);
         let oh = &mut out[h * d..(h + 1) * d];
         for (j, &w) in scores.iter().enumerate() {
-            let vj = &kv.v[j * kv.stride + kv.off..][..d];
-            oh.iter_mut().zip(vj).for_each(|(o, v)| *o = w.mul_add(*v, *o));
+            oh.iter_mut().zip(kv.value(j, d)).for_each(|(o, v)| *o = w.mul_add(*v, *o));
         }
     }
 }
@@ -238,7 +241,7 @@ fn grouped_portable<const G: usize>(q: &[f32], kv: &Kv<'_>, p: &AttnParams, scor
         for c0 in (0..d).step_by(PV_COLS) {
             let mut acc = [[0f32; PV_COLS]; G];
             for j in 0..n {
-                let vj = &kv.v[j * kv.stride + kv.off + c0..][..PV_COLS];
+                let vj = &kv.value(j, d)[c0..c0 + PV_COLS];
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let w = scores[h * n + j];
                     for l in 0..PV_COLS {

@@ -225,9 +225,30 @@ impl CpuOps {
         }
     }
 
-    /// `n` zeros from the buffer pool.
-    fn buffer(&self, n: usize) -> Vec<f32> {
-        self.pool.take(n)
+    /// A buffer for an op's output that the op writes in full (a reused one is not zeroed first).
+    fn output(&self, n: usize) -> Vec<f32> {
+        self.pool.take_overwritten(n)
+    }
+
+    /// `act(gate) * up`, elementwise: the gated activations of an MLP.
+    fn gated(&mut self, op: &str, gate: &CpuAct, up: &CpuAct, act: impl Fn(f32) -> f32 + Sync) -> OpResult<CpuAct> {
+        let t0 = self.start();
+        if gate.rows != up.rows || gate.cols != up.cols {
+            return Err(shape_err(op, format!("{}x{} vs {}x{}", gate.rows, gate.cols, up.rows, up.cols)));
+        }
+        let mut data = self.output(gate.data.len());
+        let chunk = 4096;
+        data.par_chunks_mut(chunk)
+            .zip(gate.data.par_chunks(chunk))
+            .zip(up.data.par_chunks(chunk))
+            .with_min_len(inline_chunks(chunk))
+            .for_each(|((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = act(g) * u;
+                }
+            });
+        self.record(t0, || op.into());
+        Ok(self.act(data, gate.rows, gate.cols))
     }
 
     /// An activation whose buffer goes back to the pool when dropped.
@@ -372,7 +393,7 @@ impl Ops for CpuOps {
     fn embed(&mut self, table: &CpuMatrix, ids: &[u32], scale: f32) -> OpResult<CpuAct> {
         let t0 = self.start();
         let k = table.k();
-        let mut data = self.buffer(ids.len() * k);
+        let mut data = self.output(ids.len() * k);
         for (row, &id) in data.chunks_exact_mut(k).zip(ids) {
             if id as usize >= table.out() {
                 return Err(shape_err("embed", format!("token {id} of {}", table.out())));
@@ -390,7 +411,7 @@ impl Ops for CpuOps {
         }
         let t0 = self.start();
         // Both paths write every output element.
-        let mut out = self.pool.take_overwritten(x.rows * w.out());
+        let mut out = self.output(x.rows * w.out());
         match &w.data {
             MatrixData::Packed(p) => {
                 self.qact.quantize(&x.data, x.rows, x.cols);
@@ -413,7 +434,7 @@ impl Ops for CpuOps {
         if g == 0 || !x.cols.is_multiple_of(g) {
             return Err(shape_err("rms_norm", format!("{} columns in groups of {g}", x.cols)));
         }
-        let mut out = self.buffer(x.data.len());
+        let mut out = self.output(x.data.len());
         out.copy_from_slice(&x.data);
         out.par_chunks_mut(g).with_min_len(inline_chunks(g)).for_each(|chunk| {
             let s = rms_scale(chunk, eps);
@@ -480,43 +501,11 @@ impl Ops for CpuOps {
     }
 
     fn gelu_mul(&mut self, gate: &CpuAct, up: &CpuAct) -> OpResult<CpuAct> {
-        let t0 = self.start();
-        if gate.data.len() != up.data.len() {
-            return Err(shape_err("gelu_mul", format!("{} vs {} elements", gate.data.len(), up.data.len())));
-        }
-        let mut data = self.buffer(gate.data.len());
-        let chunk = 4096;
-        data.par_chunks_mut(chunk)
-            .zip(gate.data.par_chunks(chunk))
-            .zip(up.data.par_chunks(chunk))
-            .with_min_len(inline_chunks(chunk))
-            .for_each(|((o, g), u)| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = fastmath::gelu_tanh(g) * u;
-                }
-            });
-        self.record(t0, || "gelu_mul".into());
-        Ok(self.act(data, gate.rows, gate.cols))
+        self.gated("gelu_mul", gate, up, fastmath::gelu_tanh)
     }
 
     fn silu_mul(&mut self, gate: &CpuAct, up: &CpuAct) -> OpResult<CpuAct> {
-        let t0 = self.start();
-        if gate.rows != up.rows || gate.cols != up.cols {
-            return Err(shape_err("silu_mul", format!("{}x{} vs {}x{}", gate.rows, gate.cols, up.rows, up.cols)));
-        }
-        let mut data = self.buffer(gate.data.len());
-        let chunk = 4096;
-        data.par_chunks_mut(chunk)
-            .zip(gate.data.par_chunks(chunk))
-            .zip(up.data.par_chunks(chunk))
-            .with_min_len(inline_chunks(chunk))
-            .for_each(|((o, g), u)| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + fastmath::exp(-g)) * u;
-                }
-            });
-        self.record(t0, || "silu_mul".into());
-        Ok(self.act(data, gate.rows, gate.cols))
+        self.gated("silu_mul", gate, up, |g| g / (1.0 + fastmath::exp(-g)))
     }
 
     fn add(&mut self, acc: &mut CpuAct, x: &CpuAct) -> OpResult<()> {
@@ -549,7 +538,8 @@ impl Ops for CpuOps {
         attention::gather(layer, step, p, self.block_size, &mut self.attn);
         self.record(t0, || "attention: KV write + gather".into());
         let t0 = self.start();
-        let mut out = self.buffer(q.data.len());
+        // Zeroed: attention accumulates into its output.
+        let mut out = self.pool.take(q.data.len());
         attention::attend(q, step, p, &mut self.attn, &mut out)?;
         self.record(t0, || "attention".into());
         Ok(self.act(out, q.rows, q.cols))
@@ -559,7 +549,7 @@ impl Ops for CpuOps {
         if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
             return Err(shape_err("select_rows", format!("row {r} of {}", x.rows)));
         }
-        let mut data = self.buffer(rows.len() * x.cols);
+        let mut data = self.output(rows.len() * x.cols);
         for (o, &r) in data.chunks_exact_mut(x.cols.max(1)).zip(rows) {
             o.copy_from_slice(x.row(r));
         }
